@@ -1,0 +1,70 @@
+//! The HTTP API (axum): JSON over HTTP, bearer keys, one module per resource.
+//!
+//! ## Layout
+//! - [`error`]: `ApiError` (status + `{"error": {"code", "message"}}`) and
+//!   `ApiJson`, a JSON extractor whose rejections are `ApiError`s.
+//! - [`auth`]: `TenantAuth` / `AdminAuth` extractors over hashed keys.
+//! - one module per resource: [`tenants`], [`contacts`], [`crm`] (companies,
+//!   deals, tasks), [`events`], [`plugins`], [`installs`], [`automation`]
+//!   (rules, lifecycle thresholds), [`system`] (health, metrics, OpenAPI).
+//!
+//! [`app`] builds the router from an [`AppState`], so tests call it without
+//! a socket and the server binds it to one.
+
+pub mod auth;
+pub mod automation;
+pub mod contacts;
+pub mod crm;
+pub mod error;
+pub mod events;
+pub mod installs;
+pub mod openapi;
+pub mod plugins;
+pub mod system;
+pub mod tenants;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+use crate::engine::{Intake, Pipeline};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Largest JSON body (a batch of 1000 events with properties fits).
+pub const MAX_JSON_BODY: usize = 4 << 20;
+/// Largest plugin upload.
+pub const MAX_PLUGIN_BODY: usize = 16 << 20;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The customer store.
+    pub store: Store,
+    /// Plugins and installs.
+    pub registry: Arc<Registry>,
+    /// Durable event intake (group commit).
+    pub intake: Intake,
+    /// The event pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// Key lookups.
+    pub auth: Arc<auth::AuthCache>,
+}
+
+/// The API router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(system::routes())
+        .merge(tenants::routes())
+        .merge(contacts::routes())
+        .merge(crm::routes())
+        .merge(events::routes())
+        .merge(installs::routes())
+        .merge(automation::routes())
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        // Uploads get their own, larger limit.
+        .merge(plugins::routes().layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY)))
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .with_state(state)
+}

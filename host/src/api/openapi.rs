@@ -1,0 +1,167 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, written by hand next
+//! to the routes it describes. Every route of [`crate::api::app`] is listed
+//! here; the router test checks each documented path answers something other
+//! than the fallback 404.
+
+use serde_json::{Value, json};
+
+fn error_responses() -> Value {
+    json!({
+        "400": {"$ref": "#/components/responses/Error"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "404": {"$ref": "#/components/responses/Error"},
+        "413": {"$ref": "#/components/responses/Error"},
+        "422": {"$ref": "#/components/responses/Error"},
+        "503": {"$ref": "#/components/responses/Error"},
+    })
+}
+
+fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
+    let mut responses = error_responses();
+    responses[ok] = json!({"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}});
+    let mut o = json!({"summary": summary, "security": [{"bearer": []}], "responses": responses});
+    if let Some(schema) = body {
+        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    }
+    o
+}
+
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+fn crud(name: &str, create_schema: &str, patch_schema: &str) -> (Value, Value) {
+    let collection = json!({
+        "get": op(&format!("List {name}"), "200", None),
+        "post": op(&format!("Create a {name} record"), "201", Some(create_schema)),
+    });
+    let item = json!({
+        "parameters": id_param(),
+        "get": op(&format!("Get a {name} record"), "200", None),
+        "patch": op(&format!("Change a {name} record"), "200", Some(patch_schema)),
+        "delete": {"summary": format!("Delete a {name} record"), "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "404": {"$ref": "#/components/responses/Error"}}},
+    });
+    (collection, item)
+}
+
+/// The document.
+pub fn document() -> Value {
+    let parts = [
+        crud("contacts", "NewContact", "ContactPatch"),
+        crud("companies", "NewCompany", "CompanyPatch"),
+        crud("deals", "NewDeal", "DealPatch"),
+        crud("tasks", "NewTask", "TaskPatch"),
+    ];
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Cairn", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "CRM automation host extended by sandboxed WebAssembly plugins."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": schemas(),
+        },
+        "paths": paths(&parts),
+    })
+}
+
+fn schemas() -> Value {
+    let any_object = json!({"type": "object"});
+    let mut all = core_schemas();
+    for name in ["NewCompany", "CompanyPatch", "NewDeal", "DealPatch"] {
+        all[name] = any_object.clone();
+    }
+    all
+}
+
+fn core_schemas() -> Value {
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}}},
+        "Value": {"description": "null, boolean, number, string, list of strings, or {\"$timestamp\": ms}"},
+        "Properties": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Value"}},
+        "NewContact": {"type": "object", "additionalProperties": false, "properties": {
+            "email": {"type": "string"}, "phone": {"type": "string"}, "first_name": {"type": "string"}, "last_name": {"type": "string"},
+            "owner": {"type": "string"}, "lifecycle_stage": {"type": "string"}, "score": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}}, "properties": {"$ref": "#/components/schemas/Properties"}, "company_id": {"type": "string"}}},
+        "ContactPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "email": {"type": ["string", "null"]}, "phone": {"type": ["string", "null"]}, "first_name": {"type": ["string", "null"]},
+            "last_name": {"type": ["string", "null"]}, "owner": {"type": ["string", "null"]}, "company_id": {"type": ["string", "null"]},
+            "lifecycle_stage": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}, "properties": {"$ref": "#/components/schemas/Properties"}}},
+                        "NewTask": {"type": "object", "additionalProperties": false, "required": ["title"], "properties": {
+            "contact_id": {"type": "string"}, "title": {"type": "string"}, "assignee": {"type": "string"}, "due_at": {"type": "integer"}, "idempotency_key": {"type": "string"}}},
+        "TaskPatch": {"type": "object", "additionalProperties": false, "properties": {
+            "title": {"type": "string"}, "assignee": {"type": ["string", "null"]}, "due_at": {"type": ["integer", "null"]}, "status": {"enum": ["open", "done"]}}},
+        "NewEvent": {"type": "object", "additionalProperties": false, "required": ["kind"], "properties": {
+            "contact_id": {"type": "string"}, "email": {"type": "string"}, "kind": {"type": "string"}, "occurred_at": {"type": "integer"},
+            "properties": {"$ref": "#/components/schemas/Properties"}, "idempotency_key": {"type": "string"}}},
+        "Events": {"oneOf": [{"$ref": "#/components/schemas/NewEvent"},
+            {"type": "object", "additionalProperties": false, "required": ["events"], "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/NewEvent"}}}}]},
+        "CreateTenant": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "CreateInstall": {"type": "object", "additionalProperties": false, "required": ["plugin_version_id"], "properties": {
+            "plugin_version_id": {"type": "string"}, "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}}},
+        "PatchInstall": {"type": "object", "additionalProperties": false, "properties": {
+            "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"}}},
+        "CreateRule": {"type": "object", "additionalProperties": false, "required": ["name", "trigger", "action_install_id"], "properties": {
+            "name": {"type": "string"}, "action_install_id": {"type": "string"}, "enabled": {"type": "boolean"},
+            "trigger": {"oneOf": [
+                {"type": "object", "additionalProperties": false, "required": ["install_id"], "properties": {"install_id": {"type": "string"}}},
+                {"type": "object", "additionalProperties": false, "required": ["event_kind"], "properties": {"event_kind": {"type": "string"}, "where": {"$ref": "#/components/schemas/Properties"}}}]}}},
+        "PatchRule": {"type": "object", "additionalProperties": false, "required": ["enabled"], "properties": {"enabled": {"type": "boolean"}}},
+        "SetThreshold": {"type": "object", "additionalProperties": false, "required": ["min_score"], "properties": {"min_score": {"type": "number"}}},
+    })
+}
+
+fn paths(parts: &[(Value, Value); 4]) -> Value {
+    let [(contacts, contact), (companies, company), (deals, deal), (tasks, task)] = parts;
+    let mut all = endpoint_paths();
+    for (path, value) in [
+        ("/v1/contacts", contacts),
+        ("/v1/contacts/{id}", contact),
+        ("/v1/companies", companies),
+        ("/v1/companies/{id}", company),
+        ("/v1/deals", deals),
+        ("/v1/deals/{id}", deal),
+        ("/v1/tasks", tasks),
+        ("/v1/tasks/{id}", task),
+    ] {
+        all[path] = value.clone();
+    }
+    all
+}
+
+fn endpoint_paths() -> Value {
+    json!({
+        "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, "503": {"$ref": "#/components/responses/Error"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain metrics"}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/v1/tenants": {
+            "post": op("Create a tenant and its first API key (admin key)", "201", Some("CreateTenant")),
+            "get": op("List tenants (admin key)", "200", None),
+        },
+        "/v1/contacts/{id}/timeline": {"parameters": id_param(), "get": op("A contact's events, scores, tasks, notes and plugin runs, newest first", "200", None)},
+        "/v1/events": {
+            "post": op("Ingest one event or a batch of up to 1000; 202 once durable", "202", Some("Events")),
+            "get": op("A contact's recent events (?contact_id=)", "200", None),
+        },
+        "/v1/plugins": {
+            "post": {"summary": "Upload a plugin component (.wasm body); tenant key: private, admin key: catalog", "security": [{"bearer": []}],
+                     "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
+                     "responses": {"201": {"description": "stored with its describe() result"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
+            "get": op("Plugin versions visible to the tenant (its own and the catalog)", "200", None),
+        },
+        "/v1/plugins/{id}": {"parameters": id_param(), "get": op("A plugin version", "200", None)},
+        "/v1/installs": {"get": op("List installs", "200", None), "post": op("Install a plugin version with config and grants", "201", Some("CreateInstall"))},
+        "/v1/installs/{id}": {"parameters": id_param(), "get": op("An install with call statistics", "200", None),
+            "patch": op("Change config, grants or enabled", "200", Some("PatchInstall")),
+            "delete": {"summary": "Remove an install", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
+        "/v1/rules": {"get": op("List rules", "200", None), "post": op("Create a rule (trigger → action)", "201", Some("CreateRule"))},
+        "/v1/rules/{id}": {"parameters": id_param(), "get": op("A rule", "200", None), "patch": op("Enable or disable", "200", Some("PatchRule")),
+            "delete": {"summary": "Delete a rule", "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "404": {"$ref": "#/components/responses/Error"}}}},
+        "/v1/thresholds": {"get": op("Lifecycle score thresholds", "200", None)},
+        "/v1/thresholds/{stage}": {"parameters": [{"name": "stage", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "put": op("Set the score at which contacts move to a stage", "200", Some("SetThreshold")),
+            "delete": {"summary": "Remove a threshold", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
+    })
+}

@@ -1,0 +1,78 @@
+//! `GET /healthz`, `GET /metrics` (Prometheus text), `GET /openapi.json`.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::registry::stats::CAUSES;
+
+/// Routes of this module.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(crate::api::openapi::document()) }))
+}
+
+/// 200 when the store answers, 503 otherwise.
+async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ping().await.map_err(|_| ApiError::Unavailable)?;
+    Ok(Json(serde_json::json!({"status": "ok", "backend": state.store.backend()})))
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let p = &state.pipeline.stats;
+    let _ = writeln!(out, "# HELP cairn_events_processed_total Events the pipeline finished.");
+    let _ = writeln!(out, "# TYPE cairn_events_processed_total counter");
+    let _ = writeln!(out, "cairn_events_processed_total {}", p.events.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_scores_changed_total counter");
+    let _ = writeln!(out, "cairn_scores_changed_total {}", p.scores_changed.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_stage_changes_total counter");
+    let _ = writeln!(out, "cairn_stage_changes_total {}", p.stage_changes.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_rule_runs_total counter");
+    let _ = writeln!(out, "cairn_rule_runs_total{{result=\"ok\"}} {}", p.actions_ok.load(Ordering::Relaxed));
+    let _ = writeln!(out, "cairn_rule_runs_total{{result=\"failed\"}} {}", p.actions_failed.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_plugins_loaded gauge");
+    let _ = writeln!(out, "cairn_plugins_loaded {}", state.registry.loaded_plugin_count());
+    let _ = writeln!(out, "# HELP cairn_plugin_calls_total Plugin calls by install and result.");
+    let _ = writeln!(out, "# TYPE cairn_plugin_calls_total counter");
+    let mut installs = state.registry.all();
+    installs.sort_by(|a, b| a.id().cmp(b.id()));
+    for a in &installs {
+        let (id, plugin) = (a.id(), &a.plugin.description.name);
+        let s = &a.stats;
+        let _ = writeln!(
+            out,
+            "cairn_plugin_calls_total{{install=\"{id}\",plugin=\"{plugin}\",result=\"ok\"}} {}",
+            s.ok.load(Ordering::Relaxed)
+        );
+        for (i, cause) in CAUSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cairn_plugin_calls_total{{install=\"{id}\",plugin=\"{plugin}\",result=\"{}\"}} {}",
+                cause.as_str(),
+                s.failed[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cairn_plugin_call_seconds_total{{install=\"{id}\",plugin=\"{plugin}\"}} {}",
+            s.total_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "cairn_plugin_fuel_total{{install=\"{id}\",plugin=\"{plugin}\"}} {}",
+            s.fuel.load(Ordering::Relaxed)
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

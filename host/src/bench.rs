@@ -1,0 +1,381 @@
+//! `cairn bench`: the numbers in the README, as JSON lines.
+//!
+//! - `plugin_call`: a fresh sandboxed scorer call (new Store + instantiate +
+//!   call + drop, fuel and epochs on) on a contact with 20 properties and 50
+//!   events, against the same scoring logic called natively (with the input
+//!   copies a host would make), and their ratio.
+//! - `pipeline_batched`: events/s from `POST /v1/events` batches of 1000 to
+//!   "processed" (scored, triggers evaluated) on SQLite, durably.
+//! - `http_single`: one event per request at concurrency 16: requests/s
+//!   answered 202 (each durable), and the processing rate behind them.
+//! - `startup_50`: server start with 50 installs from the compiled cache.
+//! - `idle_rss`: resident memory of this process with the server idle.
+//!
+//! The load generator runs in this process, on the same two cores as the
+//! server: figures are a floor for what a separate client would see.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::demo::Client;
+use crate::engine::Clock;
+use crate::runtime::invoke::ProjectedInput;
+use crate::runtime::{CallScope, Runtime, RuntimeSettings};
+use crate::server::{self, Server, ServerConfig};
+use crate::store::{self, Store};
+
+fn emit(line: Value) {
+    println!("{line}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
+}
+
+/// The scorer config used by every benchmark.
+pub fn scorer_config() -> Value {
+    json!({
+        "rules": [
+            {"event_kind": "page_viewed", "property": "url", "contains": "/pricing", "points": 20},
+            {"event_kind": "page_viewed", "points": 2, "max_times": 10},
+            {"event_kind": "email_opened", "points": 5},
+            {"event_kind": "form_submitted", "points": 15},
+        ],
+        "contact_rules": [{"property": "job_title", "contains": "VP", "points": 15}],
+        "half_life_days": 30,
+    })
+}
+
+/// A contact with 20 properties and 50 events, as the store holds them.
+pub fn sample_input(now: i64) -> (store::Contact, Vec<store::Event>) {
+    let mut properties = store::Properties::new();
+    for i in 0..18 {
+        properties.insert(format!("field_{i:02}"), store::Value::Text(format!("value number {i}")));
+    }
+    properties.insert("job_title".into(), store::Value::Text("VP Engineering".into()));
+    properties.insert("region".into(), store::Value::Text("EMEA".into()));
+    let contact = store::Contact {
+        id: "c-bench".into(),
+        tenant_id: "t-bench".into(),
+        email: Some("ada@example.com".into()),
+        phone: None,
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+        owner: Some("alice@acme.test".into()),
+        lifecycle_stage: "lead".into(),
+        score: 0.0,
+        tags: vec!["newsletter".into()],
+        properties,
+        company_id: None,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: None,
+    };
+    let kinds = ["page_viewed", "email_opened", "form_submitted", "page_viewed", "email_clicked"];
+    let events = (0..50)
+        .map(|i| {
+            let mut props = store::Properties::new();
+            props.insert(
+                "url".into(),
+                store::Value::Text(if i % 3 == 0 { "/pricing".into() } else { format!("/blog/{i}") }),
+            );
+            store::Event {
+                id: format!("e{i}"),
+                contact_id: contact.id.clone(),
+                kind: kinds[i % kinds.len()].into(),
+                occurred_at: now - (i as i64) * 3_600_000,
+                properties: props,
+                received_at: now,
+                processed: true,
+            }
+        })
+        .collect();
+    (contact, events)
+}
+
+/// Run every benchmark.
+pub async fn run(quick: bool) -> anyhow::Result<()> {
+    plugin_call(if quick { 500 } else { 5000 }).await?;
+    let dir = std::env::temp_dir().join(format!("cairn-bench-{}-{}", std::process::id(), store::now_ms()));
+    std::fs::create_dir_all(&dir)?;
+    let result = pipeline_and_http(&dir, quick).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn plugin_call(iterations: usize) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeSettings::default())?;
+    let bytes = crate::catalog::PREBUILT
+        .iter()
+        .find(|(n, _)| *n == "rules-scorer")
+        .map(|(_, b)| b.to_vec())
+        .context("rules-scorer")?;
+    let plugin = runtime.load(Arc::new(bytes)).await?;
+    let store = Store::open("sqlite::memory:").await?;
+    let now = store::now_ms();
+    let (contact, events) = sample_input(now);
+    let config = scorer_config().to_string();
+    let scope = CallScope {
+        tenant_id: "t-bench".into(),
+        install_id: "i-bench".into(),
+        grants: Arc::default(),
+        store,
+        egress: runtime.egress.clone(),
+        test_mode: false,
+        now,
+    };
+
+    let mut wasm = Vec::with_capacity(iterations);
+    let mut fuel = 0;
+    let mut wasm_score = 0.0;
+    for _ in 0..iterations {
+        let started = Instant::now();
+        // The projection is part of the call: the host builds the input each time.
+        let input = ProjectedInput::build(&plugin, &contact, &events);
+        let called = runtime.score(&plugin, scope.clone(), &config, &input, "bench").await?;
+        wasm.push(started.elapsed().as_nanos() as f64 / 1000.0);
+        fuel = called.stats.fuel_used;
+        wasm_score = called.value.value;
+    }
+
+    let native_config: rules_scorer::Config = serde_json::from_value(scorer_config())?;
+    let mut native = Vec::with_capacity(iterations);
+    let mut native_score = 0.0;
+    for _ in 0..iterations {
+        let started = Instant::now();
+        // Same work a native plugin host would do: copy the inputs into the
+        // plugin's own types, then score.
+        let (c, e) = to_sdk(&contact, &events);
+        let score = rules_scorer::score_events(&native_config, &c, &e, now);
+        native.push(started.elapsed().as_nanos() as f64 / 1000.0);
+        native_score = std::hint::black_box(score).value;
+    }
+    let (w, n) = (median(wasm.clone()), median(native));
+    emit(json!({
+        "bench": "plugin_call",
+        "what": "fresh sandboxed rules-scorer call, 20 properties + 50 events, fuel+epochs on",
+        "iterations": iterations,
+        "wasm_median_us": (w * 10.0).round() / 10.0,
+        "wasm_p99_us": (percentile(wasm, 0.99) * 10.0).round() / 10.0,
+        "native_median_us": (n * 100.0).round() / 100.0,
+        "ratio": (w / n * 10.0).round() / 10.0,
+        "fuel_per_call": fuel,
+        "same_score": (wasm_score - native_score).abs() < 0.01,
+    }));
+    Ok(())
+}
+
+fn to_sdk(contact: &store::Contact, events: &[store::Event]) -> (cairn_sdk::Contact, Vec<cairn_sdk::Event>) {
+    fn value(v: &store::Value) -> cairn_sdk::Value {
+        match v {
+            store::Value::Null => cairn_sdk::Value::Null,
+            store::Value::Bool(b) => cairn_sdk::Value::Bool(*b),
+            store::Value::Number(n) => cairn_sdk::Value::Number(*n),
+            store::Value::Text(s) => cairn_sdk::Value::Text(s.clone()),
+            store::Value::TextList(l) => cairn_sdk::Value::TextList(l.clone()),
+            store::Value::Timestamp(t) => cairn_sdk::Value::Timestamp(*t),
+        }
+    }
+    let props = |p: &store::Properties| p.iter().map(|(k, v)| (k.clone(), value(v))).collect::<BTreeMap<_, _>>();
+    let c = cairn_sdk::Contact {
+        id: contact.id.clone(),
+        email: contact.email.clone(),
+        phone: contact.phone.clone(),
+        first_name: contact.first_name.clone(),
+        last_name: contact.last_name.clone(),
+        owner: contact.owner.clone(),
+        lifecycle_stage: contact.lifecycle_stage.clone(),
+        score: contact.score,
+        tags: contact.tags.clone(),
+        properties: props(&contact.properties),
+    };
+    let e = events
+        .iter()
+        .map(|e| cairn_sdk::Event {
+            id: e.id.clone(),
+            contact_id: e.contact_id.clone(),
+            kind: e.kind.clone(),
+            occurred_at: e.occurred_at,
+            properties: props(&e.properties),
+        })
+        .collect();
+    (c, e)
+}
+
+async fn start_in(dir: &std::path::Path) -> anyhow::Result<Server> {
+    let mut config = ServerConfig::in_dir(dir.to_path_buf());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.clock = Clock::System;
+    config.admin_key = Some("bench-admin-key-0123456789".into());
+    server::start(config).await
+}
+
+async fn wait_processed(server: &Server, target: u64, timeout: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while server.state.pipeline.stats.events.load(Ordering::Relaxed) < target {
+        if started.elapsed() > timeout {
+            anyhow::bail!("pipeline did not catch up within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(started.elapsed())
+}
+
+async fn pipeline_and_http(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let server = start_in(dir).await?;
+    let admin = Client::new(&server.url(), "bench-admin-key-0123456789");
+    let created = admin.ok(Method::POST, "/v1/tenants", Some(json!({"name": "bench"}))).await?;
+    let client = Client::new(&server.url(), created["api_key"].as_str().context("key")?);
+    let plugins = client.ok(Method::GET, "/v1/plugins", None).await?;
+    let id_of = |name: &str| {
+        plugins["items"].as_array().and_then(|a| a.iter().find(|p| p["name"] == name)).map(|p| p["id"].clone())
+    };
+    client
+        .ok(
+            Method::POST,
+            "/v1/installs",
+            Some(json!({"plugin_version_id": id_of("rules-scorer"), "config": scorer_config()})),
+        )
+        .await?;
+    client
+        .ok(
+            Method::POST,
+            "/v1/installs",
+            Some(json!({"plugin_version_id": id_of("page-visits"), "config": {"url_contains": "/pricing", "times": 3, "within_days": 7}})),
+        )
+        .await?;
+    let contacts = 200;
+    let mut ids = Vec::new();
+    for i in 0..contacts {
+        let c = client.ok(Method::POST, "/v1/contacts", Some(json!({"email": format!("lead{i}@example.com")}))).await?;
+        ids.push(c["id"].as_str().context("id")?.to_string());
+    }
+    let ids = Arc::new(ids);
+
+    // Batched: 1000 events per request, 2 requests in flight.
+    let batches = if quick { 10 } else { 60 };
+    let base_processed = server.state.pipeline.stats.events.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for b in 0..batches {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| {
+                let url = if i % 4 == 0 { "/pricing" } else { "/blog" };
+                json!({"contact_id": ids[(b * 1000 + i) % ids.len()], "kind": "page_viewed", "properties": {"url": url}})
+            })
+            .collect();
+        let c = Client::new(&server.url(), &client_key(&created));
+        if inflight.len() >= 2 {
+            inflight.join_next().await;
+        }
+        inflight.spawn(async move { c.ok(Method::POST, "/v1/events", Some(json!({"events": events}))).await });
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    let accepted_in = started.elapsed();
+    let total = (batches * 1000) as u64;
+    wait_processed(&server, base_processed + total, Duration::from_secs(600)).await?;
+    let processed_in = started.elapsed();
+    emit(json!({
+        "bench": "pipeline_batched",
+        "what": "POST /v1/events batches of 1000 → durable (202) → scored + triggers evaluated, SQLite",
+        "events": total,
+        "accepted_per_s": (total as f64 / accepted_in.as_secs_f64()).round(),
+        "processed_per_s": (total as f64 / processed_in.as_secs_f64()).round(),
+    }));
+
+    // One event per request, 16 concurrent clients.
+    let per_client = if quick { 200 } else { 1500 };
+    let base_processed = server.state.pipeline.stats.events.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let c = Client::new(&server.url(), &client_key(&created));
+        let ids = ids.clone();
+        clients.spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let ev = json!({"contact_id": ids[(w * per_client + i) % ids.len()], "kind": "email_opened"});
+                let t = Instant::now();
+                let (status, body) = c.call(Method::POST, "/v1/events", Some(ev)).await?;
+                if status != 202 {
+                    anyhow::bail!("unexpected {status}: {body}");
+                }
+                latencies.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        latencies.extend(r??);
+    }
+    let accepted_in = started.elapsed();
+    let total = (16 * per_client) as u64;
+    wait_processed(&server, base_processed + total, Duration::from_secs(600)).await?;
+    let processed_in = started.elapsed();
+    emit(json!({
+        "bench": "http_single",
+        "what": "one event per POST /v1/events, 16 concurrent clients, each answered after its group commit",
+        "requests": total,
+        "requests_per_s": (total as f64 / accepted_in.as_secs_f64()).round(),
+        "p50_ms": (percentile(latencies.clone(), 0.5) / 10.0).round() / 100.0,
+        "p99_ms": (percentile(latencies, 0.99) / 10.0).round() / 100.0,
+        "processed_per_s": (total as f64 / processed_in.as_secs_f64()).round(),
+    }));
+
+    // 50 installs, then a restart from the compiled cache.
+    for i in 0..45 {
+        let (name, config) = match i % 3 {
+            0 => ("rules-scorer", scorer_config()),
+            1 => ("tag-contact", json!({"tag": format!("t{i}")})),
+            _ => ("create-task", json!({"title": format!("task {i}")})),
+        };
+        client
+            .ok(Method::POST, "/v1/installs", Some(json!({"plugin_version_id": id_of(name), "config": config, "grants": if name == "rules-scorer" { json!([]) } else { json!(["store-write"]) }})))
+            .await?;
+    }
+    let installs =
+        client.ok(Method::GET, "/v1/installs", None).await?["items"].as_array().map(|a| a.len()).unwrap_or(0);
+    server.shutdown().await;
+    let restarted = start_in(dir).await?;
+    emit(json!({
+        "bench": "startup_50",
+        "what": "server start (open store, load catalog + installs from the compiled cache, bind)",
+        "installs": installs,
+        "startup_ms": restarted.startup.as_secs_f64() * 1000.0,
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emit(json!({"bench": "idle_rss", "what": "resident memory, server idle after start", "rss_mib": rss_mib()}));
+    restarted.shutdown().await;
+    Ok(())
+}
+
+fn client_key(created: &Value) -> String {
+    created["api_key"].as_str().unwrap_or_default().to_string()
+}
+
+/// Resident set size of this process, MiB (Linux).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(0.0)
+}

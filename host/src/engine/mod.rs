@@ -1,0 +1,19 @@
+//! The engine: durable intake, the event pipeline, rules, and the clock.
+//!
+//! ## Layout
+//! - [`intake`]: group commit of incoming events; the API answers 202 only
+//!   after the events' transaction committed.
+//! - [`pipeline`]: claims committed events and runs scorers, thresholds,
+//!   triggers and rule actions for them.
+//! - [`rules`]: single-step rules (built-in event matchers, action execution
+//!   with retries). Multi-step workflows will replace them.
+//! - [`clock`]: system or manual time.
+
+pub mod clock;
+pub mod intake;
+pub mod pipeline;
+pub mod rules;
+
+pub use clock::Clock;
+pub use intake::{Intake, IntakeError};
+pub use pipeline::Pipeline;

@@ -1,0 +1,426 @@
+//! The event pipeline: what happens after an event is durable.
+//!
+//! For each claimed batch, events are grouped by contact and each contact is
+//! handled once, in event order:
+//! 1. its last-activity time moves forward;
+//! 2. the tenant's scorers run (once per contact per batch, over the events
+//!    they declared they read) and the score is stored;
+//! 3. a score that crosses a lifecycle threshold (e.g. MQL at 50) moves the
+//!    contact's stage and emits a `lifecycle_stage_changed` event, which goes
+//!    through the pipeline like any other;
+//! 4. triggers run: plugin triggers in wasm, rule event matchers natively;
+//! 5. each fired rule runs its action with an idempotency key
+//!    (`rule:<rule id>:<event id>`), the same on every retry.
+//!
+//! Then the batch is marked processed. A crash in between re-runs the batch
+//! after restart: scoring is idempotent, actions are deduplicated by key.
+//! Multi-step workflows will hang off step 5 (enroll instead of execute).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::engine::clock::Clock;
+use crate::engine::rules;
+use crate::registry::{ActiveInstall, Registry};
+use crate::runtime::invoke::ProjectedInput;
+use crate::runtime::{CallError, CallScope};
+use crate::store::{self, Event, Store, StoreError, Value};
+
+/// Events claimed per round.
+const BATCH: i64 = 1024;
+/// Contacts handled concurrently within a batch.
+const CONCURRENT_CONTACTS: usize = 16;
+/// Stage order: a score crossing only ever moves a contact forward.
+pub const STAGES: [&str; 6] = ["subscriber", "lead", "mql", "sql", "opportunity", "customer"];
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events processed.
+    pub events: AtomicU64,
+    /// Score changes stored.
+    pub scores_changed: AtomicU64,
+    /// Lifecycle stage changes from thresholds.
+    pub stage_changes: AtomicU64,
+    /// Rule actions that succeeded.
+    pub actions_ok: AtomicU64,
+    /// Rule actions that failed.
+    pub actions_failed: AtomicU64,
+}
+
+/// The pipeline.
+pub struct Pipeline {
+    store: Store,
+    registry: Arc<Registry>,
+    clock: Clock,
+    committed: Arc<Notify>,
+    /// Counters.
+    pub stats: PipelineStats,
+}
+
+impl Pipeline {
+    /// A pipeline woken by `committed`.
+    pub fn new(store: Store, registry: Arc<Registry>, clock: Clock, committed: Arc<Notify>) -> Arc<Pipeline> {
+        Arc::new(Pipeline { store, registry, clock, committed, stats: PipelineStats::default() })
+    }
+
+    /// The clock the pipeline uses.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Run until the task is aborted: claim, process, repeat; sleep until the
+    /// next commit (or a second, to pick up work left by a crash) when idle.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.run_once().await {
+                Ok(0) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.committed.notified()).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("pipeline round failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Process one batch; returns how many events it held.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let claimed = self.store.claim_unprocessed_events(BATCH).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = claimed.iter().map(|(_, e)| e.id.clone()).collect();
+        let mut by_contact: BTreeMap<(String, String), Vec<Event>> = BTreeMap::new();
+        for (tenant, event) in claimed {
+            by_contact.entry((tenant, event.contact_id.clone())).or_default().push(event);
+        }
+        let mut tasks = JoinSet::new();
+        for ((tenant, contact_id), events) in by_contact {
+            while tasks.len() >= CONCURRENT_CONTACTS {
+                let _ = tasks.join_next().await;
+            }
+            let me = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = me.process_contact(&tenant, &contact_id, events).await {
+                    tracing::warn!(tenant, contact_id, "processing events failed: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        self.store.mark_events_processed(&ids).await?;
+        self.stats.events.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        Ok(ids.len())
+    }
+
+    /// Process until nothing is left (tests, the demo, the benchmark).
+    pub async fn drain(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.run_once().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    fn scope(&self, tenant: &str, active: &ActiveInstall) -> CallScope {
+        CallScope {
+            tenant_id: tenant.to_string(),
+            install_id: active.install.id.clone(),
+            grants: active.grants.clone(),
+            store: self.store.clone(),
+            egress: self.registry.runtime().egress.clone(),
+            test_mode: false,
+            now: self.clock.now(),
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        tenant: &str,
+        active: &ActiveInstall,
+        kind: &str,
+        event: Option<&Event>,
+        error: &CallError,
+    ) {
+        active.stats.record_failure(error.cause, error.stats.duration_us, error.stats.fuel_used);
+        tracing::info!(install = %active.install.id, kind, cause = error.cause.as_str(), "plugin call failed: {}", error.message);
+        let record = store::InvocationRecord {
+            id: store::new_id(),
+            tenant_id: tenant.to_string(),
+            install_id: active.install.id.clone(),
+            kind: kind.to_string(),
+            contact_id: event.map(|e| e.contact_id.clone()),
+            event_id: event.map(|e| e.id.clone()),
+            ok: false,
+            error_cause: Some(error.cause.as_str().to_string()),
+            error_message: Some(error.message.clone()),
+            fuel_used: Some(error.stats.fuel_used as i64),
+            duration_us: error.stats.duration_us as i64,
+            idempotency_key: None,
+            output_json: None,
+            at: self.clock.now(),
+        };
+        if let Err(e) = self.store.record_invocation(&record).await {
+            tracing::warn!("could not record a failed invocation: {e}");
+        }
+    }
+
+    async fn process_contact(&self, tenant: &str, contact_id: &str, events: Vec<Event>) -> Result<(), StoreError> {
+        let Some(contact) = self.store.get_contact(tenant, contact_id).await? else {
+            return Ok(()); // deleted since: nothing to do
+        };
+        if let Some(latest) = events.iter().map(|e| e.occurred_at).max() {
+            self.store.touch_activity(tenant, contact_id, latest).await?;
+        }
+        let installs = self.registry.tenant(tenant);
+        let history = if installs.scorers.is_empty() && installs.triggers.is_empty() {
+            Vec::new()
+        } else {
+            self.history(tenant, contact_id, installs.scorers.iter().chain(&installs.triggers)).await?
+        };
+        let contact = self.score(tenant, contact, &installs.scorers, &history).await?;
+        for event in &events {
+            self.trigger(tenant, &contact, event, &installs.triggers, &history).await?;
+        }
+        Ok(())
+    }
+
+    /// One read of the contact's events that covers what every scorer and
+    /// trigger of the tenant declared (each call then gets its own projection).
+    async fn history<'a>(
+        &self,
+        tenant: &str,
+        contact_id: &str,
+        installs: impl Iterator<Item = &'a Arc<ActiveInstall>>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (mut days, mut max, mut kinds, mut all_kinds) = (0u32, 0u32, Vec::<String>::new(), false);
+        for a in installs {
+            let r = &a.plugin.description.reads;
+            if r.event_window_days == 0 {
+                continue;
+            }
+            days = days.max(r.event_window_days);
+            max = max.max(r.max_events);
+            if r.event_kinds.is_empty() {
+                all_kinds = true;
+            }
+            kinds.extend(r.event_kinds.iter().cloned());
+        }
+        if days == 0 {
+            return Ok(Vec::new());
+        }
+        if all_kinds {
+            kinds.clear();
+        }
+        kinds.sort();
+        kinds.dedup();
+        let since = self.clock.now() - i64::from(days) * 86_400_000;
+        self.store.recent_events(tenant, contact_id, &kinds, since, i64::from(max.max(1))).await
+    }
+
+    /// Run the scorers; the first scorer install sets the contact's score,
+    /// later ones set a `<plugin>_score` property (e.g. a health score).
+    async fn score(
+        &self,
+        tenant: &str,
+        mut contact: store::Contact,
+        scorers: &[Arc<ActiveInstall>],
+        history: &[Event],
+    ) -> Result<store::Contact, StoreError> {
+        for (i, active) in scorers.iter().enumerate() {
+            let since = self.clock.now() - i64::from(active.plugin.description.reads.event_window_days) * 86_400_000;
+            let events: Vec<Event> = history.iter().filter(|e| e.occurred_at >= since).cloned().collect();
+            let input = ProjectedInput::build(&active.plugin, &contact, &events);
+            let invocation = store::new_id();
+            let result = self
+                .registry
+                .runtime()
+                .score(&active.plugin, self.scope(tenant, active), &active.config_text, &input, &invocation)
+                .await;
+            match result {
+                Ok(called) => {
+                    active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                    let value = (called.value.value * 100.0).round() / 100.0;
+                    if i == 0 {
+                        if (value - contact.score).abs() > f64::EPSILON {
+                            let before = contact.score;
+                            self.store.set_score(tenant, &contact.id, value, &called.value.reasons).await?;
+                            self.stats.scores_changed.fetch_add(1, Ordering::Relaxed);
+                            contact.score = value;
+                            self.cross_thresholds(tenant, &mut contact, before).await?;
+                        }
+                    } else {
+                        let name = format!("{}_score", active.plugin.description.name.replace('-', "_"));
+                        if contact.properties.get(&name) != Some(&Value::Number(value)) {
+                            let props = BTreeMap::from([(name.clone(), Value::Number(value))]);
+                            self.store.set_properties(tenant, &contact.id, &props).await?;
+                            contact.properties.insert(name, Value::Number(value));
+                        }
+                    }
+                }
+                Err(e) => self.record_failure(tenant, active, "score", None, &e).await,
+            }
+        }
+        Ok(contact)
+    }
+
+    /// Move the stage forward when the new score reaches a threshold the old
+    /// one did not, and emit `lifecycle_stage_changed`.
+    async fn cross_thresholds(
+        &self,
+        tenant: &str,
+        contact: &mut store::Contact,
+        before: f64,
+    ) -> Result<(), StoreError> {
+        let thresholds = self.store.list_lifecycle_thresholds(tenant).await?;
+        let rank = |s: &str| STAGES.iter().position(|x| *x == s);
+        let current = rank(&contact.lifecycle_stage);
+        let target = thresholds
+            .iter()
+            .filter(|t| contact.score >= t.min_score && before < t.min_score)
+            .filter(|t| match (rank(&t.stage), current) {
+                (Some(new), Some(cur)) => new > cur,
+                _ => false,
+            })
+            .max_by(|a, b| rank(&a.stage).cmp(&rank(&b.stage)));
+        let Some(target) = target else { return Ok(()) };
+        let from = contact.lifecycle_stage.clone();
+        self.store.set_lifecycle_stage(tenant, &contact.id, &target.stage).await?;
+        contact.lifecycle_stage = target.stage.clone();
+        self.stats.stage_changes.fetch_add(1, Ordering::Relaxed);
+        let props = BTreeMap::from([
+            ("from".to_string(), Value::Text(from)),
+            ("to".to_string(), Value::Text(target.stage.clone())),
+            ("score".to_string(), Value::Number(contact.score)),
+            ("threshold".to_string(), Value::Number(target.min_score)),
+        ]);
+        let event = store::NewEvent {
+            contact_id: Some(contact.id.clone()),
+            email: None,
+            kind: "lifecycle_stage_changed".into(),
+            occurred_at: Some(self.clock.now()),
+            properties: props,
+            idempotency_key: None,
+        };
+        self.store.insert_events(tenant, vec![event]).await?;
+        self.committed.notify_one();
+        Ok(())
+    }
+
+    /// Evaluate plugin triggers and rule matchers for one event; run the
+    /// actions of every rule that fires.
+    async fn trigger(
+        &self,
+        tenant: &str,
+        contact: &store::Contact,
+        event: &Event,
+        triggers: &[Arc<ActiveInstall>],
+        history: &[Event],
+    ) -> Result<(), StoreError> {
+        let rules = self.store.list_rules(tenant).await?;
+        if rules.is_empty() {
+            return Ok(());
+        }
+        // Built-in matchers: no wasm involved.
+        for rule in rules.iter().filter(|r| r.enabled && r.trigger_install_id.is_none()) {
+            if rules::event_matches(rule, event) {
+                self.run_rule(tenant, rule, contact, event).await?;
+            }
+        }
+        // Plugin triggers that some enabled rule listens to.
+        for active in triggers {
+            let listening: Vec<&store::Rule> =
+                rules.iter().filter(|r| r.enabled && r.trigger_install_id.as_deref() == Some(active.id())).collect();
+            if listening.is_empty() {
+                continue;
+            }
+            let input = ProjectedInput::build(&active.plugin, contact, history);
+            let invocation = store::new_id();
+            let result = self
+                .registry
+                .runtime()
+                .on_event(&active.plugin, self.scope(tenant, active), &active.config_text, &input, event, &invocation)
+                .await;
+            let enrollments = match result {
+                Ok(called) => {
+                    active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                    called.value
+                }
+                Err(e) => {
+                    self.record_failure(tenant, active, "on-event", Some(event), &e).await;
+                    continue;
+                }
+            };
+            for enrollment in enrollments {
+                // A trigger may only enroll contacts of its own tenant.
+                let target = if enrollment.contact_id == contact.id {
+                    Some(contact.clone())
+                } else {
+                    self.store.get_contact(tenant, &enrollment.contact_id).await?
+                };
+                let Some(target) = target else {
+                    tracing::info!(install = %active.id(), "trigger enrolled an unknown contact; ignored");
+                    continue;
+                };
+                for rule in &listening {
+                    self.run_rule(tenant, rule, &target, event).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_rule(
+        &self,
+        tenant: &str,
+        rule: &store::Rule,
+        contact: &store::Contact,
+        event: &Event,
+    ) -> Result<(), StoreError> {
+        let key = format!("rule:{}:{}:{}", rule.id, event.id, contact.id);
+        let Some(active) = self.registry.get(tenant, &rule.action_install_id) else {
+            tracing::warn!(rule = %rule.id, "rule action install is missing or not loaded");
+            return Ok(());
+        };
+        if !active.install.enabled {
+            return Ok(());
+        }
+        if !self.store.begin_action_run(tenant, &key).await? {
+            return Ok(()); // already done on an earlier attempt
+        }
+        let outcome = rules::execute_with_retries(
+            self.registry.runtime(),
+            &active,
+            self.scope(tenant, &active),
+            contact,
+            Some(event),
+            &key,
+        )
+        .await;
+        match outcome {
+            Ok(called) => {
+                active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                self.stats.actions_ok.fetch_add(1, Ordering::Relaxed);
+                let output = serde_json::to_string(&called.value).ok();
+                self.store.finish_action_run(tenant, &key, true, output.as_deref()).await?;
+            }
+            Err(e) => {
+                self.stats.actions_failed.fetch_add(1, Ordering::Relaxed);
+                self.record_failure(tenant, &active, "execute", Some(event), &e).await;
+                let error = serde_json::json!({"cause": e.cause.as_str(), "message": e.message}).to_string();
+                self.store.finish_action_run(tenant, &key, false, Some(&error)).await?;
+            }
+        }
+        Ok(())
+    }
+}

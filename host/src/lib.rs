@@ -1,0 +1,26 @@
+//! # Cairn host
+//!
+//! A CRM automation host: one customer store, an event pipeline, and
+//! behaviour supplied by sandboxed WebAssembly components (triggers, actions,
+//! scorers, channel adapters) that tenants write and upload.
+//!
+//! ## Layout
+//! - [`runtime`]: wasmtime engine, compile cache, per-call limits, host imports.
+//! - [`store`]: the customer store over sqlx (SQLite by default, PostgreSQL).
+//! - [`registry`]: plugin versions, installs and the live table of loaded installs.
+//! - [`engine`]: durable intake (group commit), the event pipeline, rules, clock.
+//! - [`api`]: the HTTP API (axum).
+//! - [`server`]: wiring all of it into a running server.
+//! - [`catalog`]: the prebuilt plugins embedded in the binary.
+//! - [`demo`], [`bench`]: `cairn demo` and `cairn bench`.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod bench;
+pub mod catalog;
+pub mod demo;
+pub mod engine;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod store;

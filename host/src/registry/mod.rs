@@ -1,0 +1,326 @@
+//! The plugin registry: uploaded versions, installs, and the live table of
+//! loaded installs the pipeline calls.
+//!
+//! ## Layout
+//! - this file: [`Registry`] (upload, install, load at start, lookups) and
+//!   the copy-on-write install table behind an `ArcSwap`, so a reload is a
+//!   pointer swap and readers never wait.
+//! - [`config`]: config validation against a plugin's JSON Schema, with
+//!   field-level messages.
+//! - [`stats`]: per-install call counters and latency for `/metrics`.
+
+pub mod config;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::runtime::grants::Grants;
+use crate::runtime::{Description, Kind, LoadError, LoadedPlugin, Runtime};
+use crate::store::{self, Store, StoreError};
+
+pub use stats::InstallStats;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The component was refused.
+    #[error(transparent)]
+    Refused(#[from] LoadError),
+    /// The config does not match the plugin's schema.
+    #[error("the config does not match the plugin's schema")]
+    InvalidConfig(Vec<config::ConfigError>),
+    /// A grant is unknown or was not asked for.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// No such plugin version or install for this tenant.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An install ready to call: its row, its loaded plugin, parsed grants.
+pub struct ActiveInstall {
+    /// The stored install.
+    pub install: store::Install,
+    /// The compiled plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    /// Parsed grants.
+    pub grants: Arc<Grants>,
+    /// The config as JSON text, passed to every call.
+    pub config_text: String,
+    /// Call counters.
+    pub stats: Arc<InstallStats>,
+}
+
+impl ActiveInstall {
+    /// The install id.
+    pub fn id(&self) -> &str {
+        &self.install.id
+    }
+    /// Whether the plugin implements `kind`.
+    pub fn is(&self, kind: Kind) -> bool {
+        self.plugin.description.has(kind)
+    }
+}
+
+/// The live table: installs by id and, per tenant, by kind.
+#[derive(Default)]
+pub struct InstallTable {
+    by_id: HashMap<String, Arc<ActiveInstall>>,
+    by_tenant: HashMap<String, TenantInstalls>,
+}
+
+/// One tenant's enabled installs, by kind, in install order.
+#[derive(Default, Clone)]
+pub struct TenantInstalls {
+    /// Scorers.
+    pub scorers: Vec<Arc<ActiveInstall>>,
+    /// Triggers.
+    pub triggers: Vec<Arc<ActiveInstall>>,
+}
+
+impl InstallTable {
+    fn build(installs: impl IntoIterator<Item = Arc<ActiveInstall>>) -> InstallTable {
+        let mut table = InstallTable::default();
+        let mut all: Vec<Arc<ActiveInstall>> = installs.into_iter().collect();
+        all.sort_by(|a, b| (a.install.created_at, &a.install.id).cmp(&(b.install.created_at, &b.install.id)));
+        for active in all {
+            if active.install.enabled {
+                let tenant = table.by_tenant.entry(active.install.tenant_id.clone()).or_default();
+                if active.is(Kind::Scorer) {
+                    tenant.scorers.push(active.clone());
+                }
+                if active.is(Kind::Trigger) {
+                    tenant.triggers.push(active.clone());
+                }
+            }
+            table.by_id.insert(active.install.id.clone(), active);
+        }
+        table
+    }
+}
+
+/// Plugins, installs and the live table.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    store: Store,
+    /// Loaded plugins by content hash: one compilation per hash, shared by
+    /// every install of it.
+    plugins: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+    table: ArcSwap<InstallTable>,
+    /// Serialises table rebuilds so two concurrent installs cannot lose one
+    /// another's update.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// What an upload produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uploaded {
+    /// The stored version.
+    pub version: store::PluginVersion,
+    /// Its description.
+    pub description: Description,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(runtime: Arc<Runtime>, store: Store) -> Registry {
+        Registry {
+            runtime,
+            store,
+            plugins: Mutex::new(HashMap::new()),
+            table: ArcSwap::from_pointee(InstallTable::default()),
+            write_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn cached(&self, hash: &str) -> Option<Arc<LoadedPlugin>> {
+        self.plugins.lock().ok().and_then(|m| m.get(hash).cloned())
+    }
+
+    async fn load_bytes(&self, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let hash = crate::runtime::content_hash(&bytes);
+        if let Some(p) = self.cached(&hash) {
+            return Ok(p);
+        }
+        let plugin = self.runtime.load(Arc::new(bytes)).await?;
+        if let Ok(mut m) = self.plugins.lock() {
+            m.insert(hash, plugin.clone());
+        }
+        Ok(plugin)
+    }
+
+    async fn load_hash(&self, hash: &str) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        if let Some(p) = self.cached(hash) {
+            return Ok(p);
+        }
+        let bytes = self.store.plugin_bytes(hash).await?.ok_or(RegistryError::NotFound("plugin bytes"))?;
+        Ok(self.load_bytes(bytes).await?)
+    }
+
+    /// Check and store a component. `tenant` is `None` for the prebuilt catalog.
+    pub async fn upload(&self, tenant: Option<&str>, bytes: Vec<u8>) -> Result<Uploaded, RegistryError> {
+        let plugin = self.load_bytes(bytes.clone()).await?;
+        let d = &plugin.description;
+        let description_json =
+            serde_json::to_string(d).map_err(|e| StoreError::Invalid(format!("description: {e}")))?;
+        let version =
+            self.store.put_plugin_version(tenant, &d.name, &d.version, &plugin.hash, &bytes, &description_json).await?;
+        Ok(Uploaded { version, description: d.clone() })
+    }
+
+    /// The description of a stored version.
+    pub fn description_of(version: &store::PluginVersion) -> Option<Description> {
+        serde_json::from_str(&version.description_json).ok()
+    }
+
+    /// Install a version for a tenant with a config and grants.
+    pub async fn install(
+        &self,
+        tenant: &str,
+        plugin_version_id: &str,
+        config: serde_json::Value,
+        grants: Vec<String>,
+    ) -> Result<store::Install, RegistryError> {
+        let version = self
+            .store
+            .get_plugin_version(Some(tenant), plugin_version_id)
+            .await?
+            .ok_or(RegistryError::NotFound("plugin version"))?;
+        let plugin = self.load_hash(&version.hash).await?;
+        config::validate(&plugin.description.config_schema, &config).map_err(RegistryError::InvalidConfig)?;
+        check_grants(&plugin.description, &grants)?;
+        let new = store::NewInstall { plugin_version_id: version.id.clone(), config, grants, enabled: None };
+        let install = self.store.create_install(tenant, new).await?;
+        self.refresh().await?;
+        Ok(install)
+    }
+
+    /// Change an install's config, grants or enabled flag.
+    pub async fn update_install(
+        &self,
+        tenant: &str,
+        install_id: &str,
+        config: Option<serde_json::Value>,
+        grants: Option<Vec<String>>,
+        enabled: Option<bool>,
+    ) -> Result<store::Install, RegistryError> {
+        let current = self.store.get_install(tenant, install_id).await?.ok_or(RegistryError::NotFound("install"))?;
+        let version = self
+            .store
+            .get_plugin_version(Some(tenant), &current.plugin_version_id)
+            .await?
+            .ok_or(RegistryError::NotFound("plugin version"))?;
+        let plugin = self.load_hash(&version.hash).await?;
+        if let Some(c) = &config {
+            config::validate(&plugin.description.config_schema, c).map_err(RegistryError::InvalidConfig)?;
+        }
+        if let Some(g) = &grants {
+            check_grants(&plugin.description, g)?;
+        }
+        let patched = self
+            .store
+            .patch_install(tenant, install_id, store::InstallPatch { plugin_version_id: None, config, grants, enabled })
+            .await?
+            .ok_or(RegistryError::NotFound("install"))?;
+        self.refresh().await?;
+        Ok(patched)
+    }
+
+    /// Remove an install.
+    pub async fn remove_install(&self, tenant: &str, install_id: &str) -> Result<bool, RegistryError> {
+        let removed = self.store.delete_install(tenant, install_id).await?;
+        self.refresh().await?;
+        Ok(removed)
+    }
+
+    /// Rebuild the live table from the store (at start and after changes).
+    /// Plugins already loaded are reused by hash, so this compiles only new code.
+    pub async fn refresh(&self) -> Result<(), RegistryError> {
+        let _guard = self.write_lock.lock().await;
+        let installs = self.store.list_all_enabled_installs().await?;
+        let old = self.table.load_full();
+        let mut active = Vec::with_capacity(installs.len());
+        for install in installs {
+            let version =
+                match self.store.get_plugin_version(Some(&install.tenant_id), &install.plugin_version_id).await? {
+                    Some(v) => v,
+                    None => continue,
+                };
+            let plugin = match self.load_hash(&version.hash).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(install = %install.id, "could not load plugin {}: {e}", version.name);
+                    continue;
+                }
+            };
+            let grants = match Grants::parse(&install.grants) {
+                Ok(g) => Arc::new(g),
+                Err(e) => {
+                    tracing::error!(install = %install.id, "bad grants: {e}");
+                    continue;
+                }
+            };
+            // Keep counters across rebuilds of the same install.
+            let stats = old.by_id.get(&install.id).map(|a| a.stats.clone()).unwrap_or_default();
+            let config_text = install.config.to_string();
+            active.push(Arc::new(ActiveInstall { install, plugin, grants, config_text, stats }));
+        }
+        self.table.store(Arc::new(InstallTable::build(active)));
+        Ok(())
+    }
+
+    /// An install by id, if it belongs to `tenant`.
+    pub fn get(&self, tenant: &str, install_id: &str) -> Option<Arc<ActiveInstall>> {
+        self.table.load().by_id.get(install_id).filter(|a| a.install.tenant_id == tenant).cloned()
+    }
+
+    /// A tenant's enabled installs by kind.
+    pub fn tenant(&self, tenant: &str) -> TenantInstalls {
+        self.table.load().by_tenant.get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Every loaded install (for `/metrics`).
+    pub fn all(&self) -> Vec<Arc<ActiveInstall>> {
+        self.table.load().by_id.values().cloned().collect()
+    }
+
+    /// Loaded plugins (distinct compiled components).
+    pub fn loaded_plugin_count(&self) -> usize {
+        self.plugins.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Every grant must be well-formed and asked for by the plugin. An
+/// `http:*` request means "hosts chosen at install": any concrete host may
+/// be granted then, never a wildcard.
+fn check_grants(description: &Description, grants: &[String]) -> Result<(), RegistryError> {
+    Grants::parse(grants).map_err(|e| RegistryError::InvalidGrant(e.to_string()))?;
+    let asks_any_host = description.capabilities.iter().any(|c| c == "http:*");
+    for grant in grants {
+        let asked =
+            description.capabilities.iter().any(|c| c == grant) || (grant.starts_with("http:") && asks_any_host);
+        if !asked {
+            return Err(RegistryError::InvalidGrant(format!(
+                "`{grant}` was not asked for by {} (it asks for: {})",
+                description.name,
+                if description.capabilities.is_empty() {
+                    "nothing".into()
+                } else {
+                    description.capabilities.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! One plugin call: a fresh `Store` instantiated from the cached
+//! `InstancePre`, run under the call's limits, then thrown away.
+//!
+//! A fresh instance per call means no state leaks between calls, tenants or
+//! contacts, and a trapped instance (which wasmtime poisons) is never reused.
+//! Every failure is classified into a [`FailureCause`] that names what
+//! happened (deadline, fuel, memory, stack, trap with its message, the
+//! plugin's own error), so it can be recorded and shown to the developer.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Instance, InstancePre};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::runtime::bindings::{guest, types as wit};
+use crate::runtime::description::Description;
+use crate::runtime::host::{CallScope, HostState, LogLine};
+use crate::runtime::limits::Limits;
+use crate::runtime::{LoadError, LoadedPlugin, Runtime, convert};
+use crate::store;
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// The wall-clock deadline passed.
+    Deadline,
+    /// The instruction budget ran out.
+    Fuel,
+    /// The memory cap was reached.
+    Memory,
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// The guest trapped (a Rust panic is a trap; the message says which).
+    Trap,
+    /// The plugin returned an error.
+    Plugin,
+    /// The result was larger than the output cap.
+    OutputTooLarge,
+    /// The result was not acceptable (e.g. a NaN score).
+    InvalidOutput,
+    /// The plugin does not implement the kind asked for.
+    Unsupported,
+    /// The host could not run the call (instance pool exhausted, ...).
+    Unavailable,
+}
+
+impl FailureCause {
+    /// The cause as recorded and shown (`deadline`, `fuel`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Deadline => "deadline",
+            FailureCause::Fuel => "fuel",
+            FailureCause::Memory => "memory",
+            FailureCause::StackOverflow => "stack-overflow",
+            FailureCause::Trap => "trap",
+            FailureCause::Plugin => "plugin",
+            FailureCause::OutputTooLarge => "output-too-large",
+            FailureCause::InvalidOutput => "invalid-output",
+            FailureCause::Unsupported => "unsupported",
+            FailureCause::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What a call used, reported to developers and recorded per invocation.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallStats {
+    /// Instructions (wasmtime fuel) consumed.
+    pub fuel_used: u64,
+    /// Wall-clock time, instantiation included.
+    pub duration_us: u64,
+    /// Host imports called.
+    pub host_calls: u32,
+    /// Log lines the plugin wrote.
+    pub logs: Vec<LogLine>,
+}
+
+/// A failed call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} failure: {message}", cause.as_str())]
+pub struct CallError {
+    /// Classified cause.
+    pub cause: FailureCause,
+    /// Human-readable detail (trap message, plugin's message...).
+    pub message: String,
+    /// Whether retrying may help (the plugin's flag, or true for deadlines
+    /// and host unavailability).
+    pub retryable: bool,
+    /// What the call used before failing.
+    pub stats: CallStats,
+}
+
+/// A successful call's value and usage.
+#[derive(Debug, Clone)]
+pub struct Called<T> {
+    /// What the plugin returned.
+    pub value: T,
+    /// What it used.
+    pub stats: CallStats,
+}
+
+/// A score as returned by a scorer (finite, clamped).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScoreResult {
+    /// The score.
+    pub value: f64,
+    /// Why.
+    pub reasons: Vec<String>,
+}
+
+/// Scores beyond this are clamped: keeps sums and thresholds meaningful.
+const MAX_ABS_SCORE: f64 = 1e9;
+
+struct Call {
+    store: Store<HostState>,
+    instance: Instance,
+    started: Instant,
+    fuel_budget: u64,
+    deadline: Duration,
+}
+
+async fn begin(pre: &InstancePre<HostState>, scope: Option<CallScope>, limits: &Limits) -> Result<Call, CallError> {
+    let started = Instant::now();
+    let mut store = Store::new(pre.engine(), HostState::new(scope, limits.clone()));
+    store.limiter(|s| &mut s.limiter);
+    let fail = |message: String| CallError {
+        cause: FailureCause::Unavailable,
+        message,
+        retryable: true,
+        stats: CallStats::default(),
+    };
+    store.set_fuel(limits.fuel).map_err(|e| fail(format!("setting fuel: {e}")))?;
+    // The guest yields to tokio at every epoch tick, so a spinning plugin does
+    // not hold a worker thread; past the deadline the next tick interrupts it.
+    let deadline_at = started + limits.deadline;
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline_at { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+    });
+    store.set_epoch_deadline(1);
+    let instance = match pre.instantiate_async(&mut store).await {
+        Ok(i) => i,
+        Err(e) => {
+            let mut call_err = classify(e, &store, limits.fuel);
+            if call_err.cause == FailureCause::Trap {
+                call_err.cause = FailureCause::Unavailable;
+                call_err.message = format!("could not instantiate the plugin: {}", call_err.message);
+            }
+            return Err(call_err);
+        }
+    };
+    Ok(Call { store, instance, started, fuel_budget: limits.fuel, deadline: limits.deadline })
+}
+
+impl Call {
+    fn stats(&mut self) -> CallStats {
+        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        CallStats {
+            fuel_used: self.fuel_budget.saturating_sub(fuel_left),
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            host_calls: self.store.data().host_calls(),
+            logs: std::mem::take(&mut self.store.data_mut().logs),
+        }
+    }
+
+    /// Turn the raw outcome of the export into a value or a classified error.
+    fn finish<T>(
+        mut self,
+        outcome: Result<wasmtime::Result<Result<T, wit::PluginError>>, tokio::time::error::Elapsed>,
+    ) -> Result<Called<T>, CallError> {
+        let result = match outcome {
+            Err(_elapsed) => Err(CallError {
+                cause: FailureCause::Deadline,
+                message: format!("the call did not finish within {} ms", self.deadline.as_millis()),
+                retryable: true,
+                stats: CallStats::default(),
+            }),
+            Ok(Err(e)) => Err(classify(e, &self.store, self.fuel_budget)),
+            Ok(Ok(Err(plugin_error))) => Err(CallError {
+                cause: FailureCause::Plugin,
+                message: plugin_error.message.chars().take(2000).collect(),
+                retryable: plugin_error.retryable,
+                stats: CallStats::default(),
+            }),
+            Ok(Ok(Ok(value))) => Ok(value),
+        };
+        let stats = self.stats();
+        match result {
+            Ok(value) => Ok(Called { value, stats }),
+            Err(mut e) => {
+                e.stats = stats;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Name the cause of a wasmtime error.
+fn classify(error: wasmtime::Error, store: &Store<HostState>, _fuel_budget: u64) -> CallError {
+    let state = store.data();
+    let stderr = state.stderr_text();
+    let (cause, message, retryable) = if state.limiter.memory_refused {
+        (FailureCause::Memory, "the plugin tried to grow its memory beyond the cap".to_string(), false)
+    } else if let Some(trap) = error.downcast_ref::<Trap>() {
+        match trap {
+            Trap::OutOfFuel => (FailureCause::Fuel, "the plugin used its whole instruction budget".into(), false),
+            Trap::Interrupt => (FailureCause::Deadline, "the plugin ran past its deadline".into(), true),
+            Trap::StackOverflow => (FailureCause::StackOverflow, "the plugin overflowed its stack".into(), false),
+            other => {
+                // Rust prints "thread .. panicked at file:line:col:" and the
+                // message on the next line: keep both, nothing else.
+                let lines: Vec<&str> = stderr.lines().collect();
+                let panic = lines
+                    .iter()
+                    .position(|l| l.contains("panicked"))
+                    .map(|i| lines[i..lines.len().min(i + 2)].join(" ").chars().take(1000).collect::<String>());
+                match panic {
+                    Some(p) => (FailureCause::Trap, format!("{other}: {p}"), false),
+                    None => (FailureCause::Trap, other.to_string(), false),
+                }
+            }
+        }
+    } else {
+        (FailureCause::Trap, format!("{error:#}"), false)
+    };
+    CallError { cause, message, retryable, stats: CallStats::default() }
+}
+
+fn unsupported(kind: &str) -> CallError {
+    CallError {
+        cause: FailureCause::Unsupported,
+        message: format!("this plugin does not implement the {kind} kind"),
+        retryable: false,
+        stats: CallStats::default(),
+    }
+}
+
+fn too_large(size: usize, limits: &Limits, stats: CallStats) -> CallError {
+    CallError {
+        cause: FailureCause::OutputTooLarge,
+        message: format!("the plugin returned {size} bytes; the cap is {}", limits.output_bytes),
+        retryable: false,
+        stats,
+    }
+}
+
+fn call_context(scope: &CallScope, invocation_id: &str) -> wit::CallContext {
+    wit::CallContext {
+        install_id: scope.install_id.clone(),
+        invocation_id: invocation_id.to_string(),
+        now: scope.now,
+        test_mode: scope.test_mode,
+    }
+}
+
+fn properties_size(props: &[wit::Property]) -> usize {
+    props.iter().map(|p| p.name.len() + value_size(&p.value)).sum()
+}
+
+fn value_size(v: &wit::Value) -> usize {
+    match v {
+        wit::Value::Text(s) => s.len(),
+        wit::Value::TextList(l) => l.iter().map(|s| s.len() + 8).sum(),
+        _ => 8,
+    }
+}
+
+/// Call `describe()` on a fresh instance with no host access.
+pub(crate) async fn describe(
+    runtime: &Runtime,
+    pre: &InstancePre<HostState>,
+    meta: &guest::meta::GuestIndices,
+) -> Result<Description, LoadError> {
+    let limits = runtime.limits().clone();
+    let mut call = begin(pre, None, &limits).await.map_err(|e| LoadError::DescribeFailed(e.to_string()))?;
+    let exports = meta.load(&mut call.store, &call.instance).map_err(|e| LoadError::DescribeFailed(format!("{e}")))?;
+    let outcome = tokio::time::timeout(limits.deadline, exports.call_describe(&mut call.store)).await;
+    let called = call.finish(outcome.map(|r| r.map(Ok))).map_err(|e| LoadError::DescribeFailed(e.to_string()))?;
+    let d = called.value;
+    let size = d.config_schema.len() + d.summary.len() + d.name.len() + d.version.len();
+    if size > limits.output_bytes {
+        return Err(LoadError::InvalidDescription(format!(
+            "describe() returned {size} bytes; the cap is {}",
+            limits.output_bytes
+        )));
+    }
+    Description::from_wit(d).map_err(LoadError::InvalidDescription)
+}
+
+/// The inputs a scorer or trigger sees, projected per its `reads`.
+pub struct ProjectedInput {
+    /// The contact with only the declared properties.
+    pub contact: wit::Contact,
+    /// The declared events, newest first.
+    pub events: Vec<wit::Event>,
+}
+
+impl ProjectedInput {
+    /// Project a contact and its events for `plugin`.
+    pub fn build(plugin: &LoadedPlugin, contact: &store::Contact, events: &[store::Event]) -> ProjectedInput {
+        let reads = &plugin.description.reads;
+        ProjectedInput {
+            contact: convert::contact_to_wit(contact, Some(&reads.contact_properties)),
+            events: events
+                .iter()
+                .filter(|e| reads.event_kinds.is_empty() || reads.event_kinds.contains(&e.kind))
+                .take(reads.max_events as usize)
+                .map(convert::event_to_wit)
+                .collect(),
+        }
+    }
+}
+
+impl Runtime {
+    /// Score a contact.
+    pub async fn score(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        config: &str,
+        input: &ProjectedInput,
+        invocation_id: &str,
+    ) -> Result<Called<ScoreResult>, CallError> {
+        let indices = plugin.scorer.as_ref().ok_or_else(|| unsupported("scorer"))?;
+        let limits = self.limits().clone();
+        let ctx = call_context(&scope, invocation_id);
+        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let fut = guest.call_score(&mut call.store, &ctx, config, &input.contact, &input.events);
+        let outcome = tokio::time::timeout(limits.deadline, fut).await;
+        let called = call.finish(outcome)?;
+        let size: usize = called.value.reasons.iter().map(|r| r.len() + 8).sum();
+        if size > limits.output_bytes {
+            return Err(too_large(size, &limits, called.stats));
+        }
+        let value = called.value.value;
+        if !value.is_finite() {
+            return Err(CallError {
+                cause: FailureCause::InvalidOutput,
+                message: format!("the scorer returned {value}, which is not a finite number"),
+                retryable: false,
+                stats: called.stats,
+            });
+        }
+        Ok(Called {
+            value: ScoreResult { value: value.clamp(-MAX_ABS_SCORE, MAX_ABS_SCORE), reasons: called.value.reasons },
+            stats: called.stats,
+        })
+    }
+
+    /// Offer an event to a trigger; returns the contacts to enroll.
+    pub async fn on_event(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        config: &str,
+        input: &ProjectedInput,
+        event: &store::Event,
+        invocation_id: &str,
+    ) -> Result<Called<Vec<guest::trigger::Enrollment>>, CallError> {
+        let indices = plugin.trigger.as_ref().ok_or_else(|| unsupported("trigger"))?;
+        let limits = self.limits().clone();
+        let ctx = call_context(&scope, invocation_id);
+        let event = convert::event_to_wit(event);
+        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let fut = guest.call_on_event(&mut call.store, &ctx, config, &input.contact, &event, &input.events);
+        let outcome = tokio::time::timeout(limits.deadline, fut).await;
+        let called = call.finish(outcome)?;
+        let size: usize = called.value.iter().map(|e| e.contact_id.len() + e.reason.len()).sum();
+        if size > limits.output_bytes {
+            return Err(too_large(size, &limits, called.stats));
+        }
+        Ok(called)
+    }
+
+    /// Run an action step.
+    pub async fn execute(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        config: &str,
+        input: &guest::action::ActionInput,
+        invocation_id: &str,
+    ) -> Result<Called<store::Properties>, CallError> {
+        let indices = plugin.action.as_ref().ok_or_else(|| unsupported("action"))?;
+        let limits = self.limits().clone();
+        let ctx = call_context(&scope, invocation_id);
+        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let fut = guest.call_execute(&mut call.store, &ctx, config, input);
+        let outcome = tokio::time::timeout(limits.deadline, fut).await;
+        let called = call.finish(outcome)?;
+        let size = properties_size(&called.value);
+        if size > limits.output_bytes {
+            return Err(too_large(size, &limits, called.stats));
+        }
+        Ok(Called { value: convert::properties_from_wit(called.value), stats: called.stats })
+    }
+
+    /// Deliver a message through a channel.
+    pub async fn send(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        config: &str,
+        message: &guest::channel::Message,
+        invocation_id: &str,
+    ) -> Result<Called<guest::channel::Receipt>, CallError> {
+        let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
+        let limits = self.limits().clone();
+        let ctx = call_context(&scope, invocation_id);
+        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let fut = guest.call_send(&mut call.store, &ctx, config, message);
+        let outcome = tokio::time::timeout(limits.deadline, fut).await;
+        call.finish(outcome)
+    }
+
+    /// Parse a provider callback into events.
+    pub async fn parse_inbound(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        config: &str,
+        request: &guest::channel::InboundRequest,
+        invocation_id: &str,
+    ) -> Result<Called<Vec<guest::channel::InboundEvent>>, CallError> {
+        let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
+        let limits = self.limits().clone();
+        let ctx = call_context(&scope, invocation_id);
+        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let fut = guest.call_parse_inbound(&mut call.store, &ctx, config, request);
+        let outcome = tokio::time::timeout(limits.deadline, fut).await;
+        let called = call.finish(outcome)?;
+        let size: usize = called.value.iter().map(|e| e.kind.len() + properties_size(&e.properties)).sum();
+        if size > limits.output_bytes {
+            return Err(too_large(size, &limits, called.stats));
+        }
+        Ok(called)
+    }
+}

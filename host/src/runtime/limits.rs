@@ -1,0 +1,72 @@
+//! Per-call resource limits and the limiter that enforces memory caps.
+//!
+//! Each limit names the abuse it prevents. Defaults suit scorers and actions
+//! on a shared server; operators override them (`cairn serve --help`).
+
+use std::time::Duration;
+
+/// Limits applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock deadline for the whole call, host calls included: stops
+    /// infinite loops and plugins that wait on slow upstreams.
+    pub deadline: Duration,
+    /// Instruction budget (wasmtime fuel): a deterministic bound on compute
+    /// that is also reported to developers as "fuel used".
+    pub fuel: u64,
+    /// Largest linear memory a call may grow to: stops unbounded allocation.
+    pub memory_bytes: usize,
+    /// Largest result a call may return (bytes of strings and lists): stops a
+    /// plugin from flooding the host's heap and the database with output.
+    pub output_bytes: usize,
+    /// Host calls (store, state, log, http) per invocation: stops a plugin from
+    /// hammering the database from one call.
+    pub host_calls: u32,
+    /// Log lines kept per invocation (further lines are dropped and counted).
+    pub log_lines: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(500),
+            fuel: 50_000_000,
+            memory_bytes: 64 << 20,
+            output_bytes: 1 << 20,
+            host_calls: 1_000,
+            log_lines: 100,
+        }
+    }
+}
+
+/// Enforces the memory cap and remembers that it did, so the failure can be
+/// reported as "memory" instead of the guest's resulting `unreachable` trap.
+#[derive(Debug)]
+pub struct CallLimiter {
+    memory_bytes: usize,
+    /// Set when a memory growth was refused.
+    pub memory_refused: bool,
+}
+
+impl CallLimiter {
+    /// A limiter for one call.
+    pub fn new(memory_bytes: usize) -> Self {
+        CallLimiter { memory_bytes, memory_refused: false }
+    }
+}
+
+impl wasmtime::ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables hold function references; 100k entries is far beyond any real
+        // plugin and stops a guest from growing them as a memory side channel.
+        Ok(desired <= 100_000)
+    }
+}

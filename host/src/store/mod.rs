@@ -1,0 +1,336 @@
+//! The customer store: tenants and their API keys, contacts, companies,
+//! deals, tasks, notes, the event log and pipeline queue, plugin versions,
+//! installs and their state, rules, score thresholds, and the history of
+//! plugin calls, over sqlx on SQLite (the embedded default, one file) or
+//! PostgreSQL (several host processes sharing one database).
+//!
+//! Every function that touches tenant data takes the tenant id and filters on
+//! it, so an id of another tenant behaves exactly like an id that does not
+//! exist: lookups return `None`, mutations `false` or `None`.
+//!
+//! ## Layout
+//! - this file: [`Store`], opening a database, backend detection, migrations,
+//!   ids and clocks.
+//! - `error`: [`StoreError`].
+//! - `value`: [`Value`] and [`Properties`], typed property values and their JSON.
+//! - `sql`: placeholders, chunking and row helpers shared by the queries.
+//! - `tenants`: tenants and hashed API keys.
+//! - `contacts`: contacts, tags, score and lifecycle stage.
+//! - `crm`: companies, deals, tasks and notes.
+//! - `events`: durable event ingest (batches, group commit), the pipeline
+//!   queue, event reads and the contact timeline.
+//! - `plugins`: plugin versions and bytes, installs, per-install state.
+//! - `automation`: rules (trigger install → action install) and lifecycle
+//!   score thresholds.
+//! - `invocations`: recorded plugin calls and action-run idempotency.
+//! - [`testing`]: throwaway SQLite files and PostgreSQL databases for tests.
+//!
+//! ## Why sqlx's `Any` driver
+//! One set of queries serves both backends: `$N` placeholders work on both
+//! (statements with hundreds of parameters use `?` on SQLite, see `sql`),
+//! and the schema sticks to types `Any` reads on both (TEXT, BIGINT, DOUBLE
+//! PRECISION, BLOB/BYTEA; JSON as TEXT, times as epoch ms, booleans as 0/1).
+//! The few real differences (row locks, `BEGIN IMMEDIATE`, BYTEA) are a
+//! [`Backend`] match or a migration file. The cost, an argument and row
+//! conversion per query, is small next to a database round trip.
+//!
+//! Migrations live in `host/migrations/{sqlite,postgres}` and are embedded
+//! with `sqlx::migrate!`; [`Store::open`] applies them.
+
+mod automation;
+mod contacts;
+mod crm;
+mod error;
+mod events;
+mod invocations;
+mod plugins;
+mod sql;
+mod tenants;
+#[doc(hidden)]
+pub mod testing;
+mod value;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+
+pub use automation::{LifecycleThreshold, NewRule, Rule};
+pub use contacts::{Contact, ContactFilter, ContactPatch, NewContact, ScoreChange};
+pub use crm::{
+    Company, CompanyPatch, Deal, DealFilter, DealPatch, NewCompany, NewDeal, NewTask, Note, Task, TaskFilter, TaskPatch,
+};
+pub use error::{Result, StoreError};
+pub use events::{Event, NewEvent, TimelineEntry};
+pub use invocations::{ActionRun, InvocationCounts, InvocationRecord};
+pub use plugins::{Install, InstallPatch, NewInstall, PluginVersion};
+pub use tenants::{Principal, Tenant};
+pub use value::{MAX_PROPERTIES_BYTES, MAX_PROPERTY_NAME, Properties, TIMESTAMP_KEY, Value, merge_properties};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connections per SQLite pool. Writers take turns anyway (one write lock
+/// per file); the extra connections serve concurrent reads under WAL.
+const SQLITE_CONNECTIONS: u32 = 8;
+/// Connections per PostgreSQL pool, per host process.
+const POSTGRES_CONNECTIONS: u32 = 16;
+/// How long a SQLite connection waits for the write lock before failing with
+/// "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// SQLite page cache per connection, KiB. The default 8 MiB is outgrown by
+/// the event indexes early on, and every miss is a system call.
+const SQLITE_CACHE_KIB: u32 = 16 << 10;
+/// How often the WAL is copied back into the database file. Done by a
+/// background task so that no commit pays for it: a checkpoint fsyncs the
+/// database file, 5 to 25 ms on the CI machines, inside whichever commit
+/// crossed the threshold when SQLite does it itself.
+const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// WAL pages after which a commit checkpoints anyway (a backstop, should the
+/// background task fall behind): about 40 MiB.
+const SQLITE_WAL_BACKSTOP_PAGES: u32 = 10_000;
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// An embedded SQLite file (or an in-memory database).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `postgres://` or `postgresql://`
+    /// means PostgreSQL; anything else is a SQLite URL or file path.
+    pub fn detect(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// One page of a list, with the cursor for the next one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page, in id (creation) order.
+    pub items: Vec<T>,
+    /// Pass this as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The customer store. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite's background checkpointer, stopped when the last clone goes.
+    _checkpointer: Option<Arc<AbortOnDrop>>,
+}
+
+/// A task that ends when this handle is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A new unique, time-ordered id (uuid v7 text).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Now, in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// Open the database at `url` and bring its schema up to date.
+    ///
+    /// - `postgres://...` / `postgresql://...`: a PostgreSQL server.
+    /// - `sqlite:path`, `sqlite://path` or a plain file path: a SQLite file,
+    ///   created when missing, in WAL mode with `synchronous=NORMAL` (a
+    ///   killed process loses nothing committed; a power cut may lose the
+    ///   last commits) and a busy timeout.
+    /// - `sqlite::memory:`: a private in-memory database (one connection;
+    ///   gone when the store is dropped), for tests and dry runs.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        match Backend::detect(url) {
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                Ok(Store { pool, backend: Backend::Postgres, _checkpointer: None })
+            }
+            Backend::Sqlite => Self::open_sqlite(url).await,
+        }
+    }
+
+    async fn open_sqlite(url: &str) -> Result<Store> {
+        let (url, in_memory) = sqlite_url(url)?;
+        let options: AnyConnectOptions = url.parse()?;
+        let pool_options = if in_memory {
+            // Each connection to `:memory:` would be a separate database: keep
+            // exactly one, forever.
+            AnyPoolOptions::new().min_connections(1).max_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            // WAL is a property of the file; set it once, before the pool, so
+            // no pooled connection races for the exclusive lock it needs.
+            let mut conn = sqlx::AnyConnection::connect_with(&options).await?;
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.close().await?;
+            AnyPoolOptions::new().max_connections(SQLITE_CONNECTIONS)
+        };
+        let pool = pool_options
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // Per connection: WAL + NORMAL syncs at checkpoints, not at
+                    // every commit; foreign keys enforce cascades.
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str()).await?;
+                    conn.execute(format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_BACKSTOP_PAGES}").as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        let checkpointer = (!in_memory).then(|| Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone())))));
+        let store = Store { pool, backend: Backend::Sqlite, _checkpointer: checkpointer };
+        // One process owns a SQLite file, so claims left by a previous run of
+        // this process are stale: make those events claimable right away.
+        sqlx::query("UPDATE events SET lease_until = NULL WHERE processed = 0 AND lease_until IS NOT NULL")
+            .execute(&store.pool)
+            .await?;
+        Ok(store)
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for callers that keep tables of their own in the
+    /// same database. Store tables are reached through the methods.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Check that the database answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begin a transaction that will write. On SQLite it takes the write lock
+    /// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and
+    /// then writes can fail with "database is locked" without waiting.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Row lock for read-modify-write selects inside a write transaction
+    /// (SQLite needs none: `BEGIN IMMEDIATE` already excludes other writers).
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// Copy the WAL back into the database file every second, without blocking
+/// writers (`PASSIVE`), until the pool closes or the store is dropped.
+async fn checkpoint_loop(pool: AnyPool) {
+    loop {
+        tokio::time::sleep(SQLITE_CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!("SQLite checkpoint failed (the next commit past the backstop will do it): {e}");
+        }
+    }
+}
+
+/// Turn a SQLite URL or file path into a sqlx URL that creates the file when
+/// missing. Returns the URL and whether it is an in-memory database.
+fn sqlite_url(input: &str) -> Result<(String, bool)> {
+    if input == "sqlite::memory:" || input == ":memory:" || input.starts_with("sqlite::memory:?") {
+        return Ok(("sqlite::memory:".to_owned(), true));
+    }
+    if let Some(rest) = input.strip_prefix("sqlite:") {
+        if rest.is_empty() || rest == "//" {
+            return Err(StoreError::UnsupportedUrl(input.to_owned()));
+        }
+        let url = if rest.contains("mode=") {
+            input.to_owned()
+        } else if rest.contains('?') {
+            format!("{input}&mode=rwc")
+        } else {
+            format!("{input}?mode=rwc")
+        };
+        return Ok((url, false));
+    }
+    if input.is_empty() || input.contains("://") {
+        return Err(StoreError::UnsupportedUrl(input.to_owned()));
+    }
+    // A plain path: percent-encode everything but the obviously safe bytes,
+    // so `?`, `#`, `%` and spaces in file names survive URL parsing.
+    let mut url = String::from("sqlite:");
+    for b in input.bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=rwc");
+    Ok((url, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_detected_from_the_url_scheme() {
+        assert_eq!(Backend::detect("postgres://u@h/db"), Backend::Postgres);
+        assert_eq!(Backend::detect("postgresql://u@h/db"), Backend::Postgres);
+        assert_eq!(Backend::detect("cairn.db"), Backend::Sqlite);
+        assert_eq!(Backend::detect("sqlite:cairn.db"), Backend::Sqlite);
+    }
+
+    #[test]
+    fn sqlite_paths_become_urls_that_create_the_file() -> Result<()> {
+        assert_eq!(sqlite_url("cairn.db")?, ("sqlite:cairn.db?mode=rwc".to_owned(), false));
+        assert_eq!(sqlite_url("/tmp/a b?.db")?, ("sqlite:/tmp/a%20b%3F.db?mode=rwc".to_owned(), false));
+        assert_eq!(sqlite_url("sqlite://x.db")?, ("sqlite://x.db?mode=rwc".to_owned(), false));
+        assert_eq!(sqlite_url("sqlite:x.db?mode=ro")?, ("sqlite:x.db?mode=ro".to_owned(), false));
+        assert!(sqlite_url("sqlite::memory:")?.1);
+        assert!(sqlite_url("mysql://x").is_err());
+        Ok(())
+    }
+}
