@@ -23,6 +23,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    // sqlx::migrate! embeds the SQL files; a change to them alone must rebuild.
+    println!("cargo:rerun-if-changed={}", host_dir.join("migrations").display());
     println!("cargo:rerun-if-env-changed=CAIRN_GUEST_TARGET_DIR");
 
     let packages = guest_packages(&root);

@@ -9,7 +9,8 @@
 //! - `http_single`: one event per request at concurrency 16: requests/s
 //!   answered 202 (each durable), and the processing rate behind them.
 //! - `startup_50`: server start with 50 installs from the compiled cache.
-//! - `idle_rss`: resident memory of this process with the server idle.
+//! - `idle_rss`: resident memory of a fresh `cairn serve` child with 50
+//!   installs, idle.
 //!
 //! The load generator runs in this process, on the same two cores as the
 //! server: figures are a floor for what a separate client would see.
@@ -340,7 +341,7 @@ async fn pipeline_and_http(dir: &std::path::Path, quick: bool) -> anyhow::Result
     }));
 
     // 50 installs, then a restart from the compiled cache.
-    for i in 0..45 {
+    for i in 0..48 {
         let (name, config) = match i % 3 {
             0 => ("rules-scorer", scorer_config()),
             1 => ("tag-contact", json!({"tag": format!("t{i}")})),
@@ -360,9 +361,32 @@ async fn pipeline_and_http(dir: &std::path::Path, quick: bool) -> anyhow::Result
         "installs": installs,
         "startup_ms": restarted.startup.as_secs_f64() * 1000.0,
     }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    emit(json!({"bench": "idle_rss", "what": "resident memory, server idle after start", "rss_mib": rss_mib()}));
     restarted.shutdown().await;
+    idle_rss(dir).await?;
+    Ok(())
+}
+
+/// Start `cairn serve` on the benchmark's data directory (50 installs) as a
+/// child process, let it settle, and read its resident memory.
+async fn idle_rss(dir: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("CAIRN_ADMIN_KEY", "bench-admin-key-0123456789")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `cairn serve`")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().context("child pid")?;
+    let rss = rss_mib_of(&format!("/proc/{pid}/status"));
+    let _ = child.kill().await;
+    emit(
+        json!({"bench": "idle_rss", "what": "resident memory of a fresh `cairn serve` with 50 installs, idle 2 s after start", "rss_mib": rss}),
+    );
     Ok(())
 }
 
@@ -370,9 +394,9 @@ fn client_key(created: &Value) -> String {
     created["api_key"].as_str().unwrap_or_default().to_string()
 }
 
-/// Resident set size of this process, MiB (Linux).
-pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident set size from a `/proc/<pid>/status` file, MiB (Linux).
+pub fn rss_mib_of(status_file: &str) -> f64 {
+    std::fs::read_to_string(status_file)
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))

@@ -2,6 +2,9 @@
 //! prebuilt plugins that must work, and hostile guests that must fail that
 //! one call, with the right cause, while the runtime keeps serving.
 
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

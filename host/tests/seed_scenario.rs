@@ -3,6 +3,9 @@
 //! score rises → crosses MQL → call-now task for the owner + signed
 //! webhook"), on SQLite and on PostgreSQL.
 
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! `cairn::store::testing`); when it is not, the PostgreSQL half fails with a
 //! message saying so.
 
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -61,6 +64,8 @@ on_both_backends!(
     an_event_naming_an_unknown_contact_fails_and_stores_nothing,
     a_bad_request_in_a_group_commit_fails_alone,
     claimed_events_are_not_claimed_again_until_released_or_expired,
+    concurrent_claims_get_disjoint_events,
+    concurrent_requests_with_one_key_store_one_event,
     recent_and_counted_events_respect_kind_time_and_tenant,
     the_timeline_merges_a_contacts_history_newest_first,
     score_changes_and_stages_are_recorded,
@@ -574,6 +579,49 @@ async fn claimed_events_are_not_claimed_again_until_released_or_expired(store: S
     Ok(())
 }
 
+async fn concurrent_claims_get_disjoint_events(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let id = contact(&store, &t, "ann@example.com").await?;
+    store.insert_events(&t, (0..200).map(|i| event(&id, &format!("k{i}"))).collect()).await?;
+    let claims = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_unprocessed_events(60).await })
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for c in claims {
+        for (_, e) in c.await?? {
+            total += 1;
+            assert!(seen.insert(e.id), "an event was claimed twice");
+        }
+    }
+    assert_eq!(total, 200);
+    Ok(())
+}
+
+async fn concurrent_requests_with_one_key_store_one_event(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let id = contact(&store, &t, "ann@example.com").await?;
+    let requests = (0..8).map(|i| {
+        let store = store.clone();
+        let (t, id) = (t.clone(), id.clone());
+        tokio::spawn(async move {
+            let keyed = NewEvent { idempotency_key: Some("once".into()), ..event(&id, "form_submitted") };
+            let fresh =
+                NewEvent { email: Some(format!("new{}@example.com", i % 2)), kind: "x".into(), ..Default::default() };
+            store.insert_events(&t, vec![fresh, keyed]).await
+        })
+    });
+    let mut ids = std::collections::HashSet::new();
+    for r in requests {
+        ids.insert(r.await??[1].id.clone());
+    }
+    assert_eq!(ids.len(), 1, "every request got the one stored event");
+    assert_eq!(store.count_events(&t, &id, "form_submitted", 0).await?, 1);
+    assert_eq!(store.list_contacts(&t, &ContactFilter::default(), None, 10).await?.items.len(), 3);
+    Ok(())
+}
+
 async fn recent_and_counted_events_respect_kind_time_and_tenant(store: Store) -> anyhow::Result<()> {
     let t = tenant(&store, "Acme").await?;
     let id = contact(&store, &t, "ann@example.com").await?;
@@ -841,7 +889,7 @@ async fn installs_are_created_patched_listed_and_deleted(store: Store) -> anyhow
     assert_eq!(store.list_installs(&t).await?.len(), 2);
     assert!(store.list_installs(&other).await?.is_empty());
     let enabled: Vec<String> = store.list_all_enabled_installs().await?.into_iter().map(|i| i.id).collect();
-    assert_eq!(enabled, [second.clone()]);
+    assert_eq!(enabled, [second]);
 
     assert!(!store.delete_install(&other, &inst.id).await?);
     assert!(store.delete_install(&t, &inst.id).await?);

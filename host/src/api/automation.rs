@@ -99,6 +99,7 @@ async fn create_rule(
             },
         )
         .await?;
+    state.pipeline.automation().invalidate(&tenant);
     Ok((StatusCode::CREATED, Json(json!(rule))))
 }
 
@@ -128,6 +129,7 @@ async fn patch_rule(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchRule>,
 ) -> Result<Json<Value>, ApiError> {
+    state.pipeline.automation().invalidate(&tenant);
     if !state.store.set_rule_enabled(&tenant, &id, body.enabled).await? {
         return Err(ApiError::NotFound("rule"));
     }
@@ -139,6 +141,7 @@ async fn delete_rule(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.pipeline.automation().invalidate(&tenant);
     if state.store.delete_rule(&tenant, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -173,7 +176,9 @@ async fn set_threshold(
     if !body.min_score.is_finite() {
         return Err(ApiError::invalid("min_score must be a finite number"));
     }
-    Ok(Json(json!(state.store.set_lifecycle_threshold(&tenant, &stage, body.min_score).await?)))
+    let threshold = state.store.set_lifecycle_threshold(&tenant, &stage, body.min_score).await?;
+    state.pipeline.automation().invalidate(&tenant);
+    Ok(Json(json!(threshold)))
 }
 
 async fn delete_threshold(
@@ -181,6 +186,7 @@ async fn delete_threshold(
     State(state): State<AppState>,
     Path(stage): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.pipeline.automation().invalidate(&tenant);
     if state.store.delete_lifecycle_threshold(&tenant, &stage).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -7,8 +7,10 @@
 //!   triggers and rule actions for them.
 //! - [`rules`]: single-step rules (built-in event matchers, action execution
 //!   with retries). Multi-step workflows will replace them.
+//! - [`automation`]: per-tenant cache of rules and thresholds.
 //! - [`clock`]: system or manual time.
 
+pub mod automation;
 pub mod clock;
 pub mod intake;
 pub mod pipeline;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::engine::automation::{AutomationCache, TenantAutomation};
 use crate::engine::clock::Clock;
 use crate::engine::rules;
 use crate::registry::{ActiveInstall, Registry};
@@ -59,6 +60,7 @@ pub struct Pipeline {
     registry: Arc<Registry>,
     clock: Clock,
     committed: Arc<Notify>,
+    automation: AutomationCache,
     /// Counters.
     pub stats: PipelineStats,
 }
@@ -66,7 +68,13 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline woken by `committed`.
     pub fn new(store: Store, registry: Arc<Registry>, clock: Clock, committed: Arc<Notify>) -> Arc<Pipeline> {
-        Arc::new(Pipeline { store, registry, clock, committed, stats: PipelineStats::default() })
+        let automation = AutomationCache::new(store.clone());
+        Arc::new(Pipeline { store, registry, clock, committed, automation, stats: PipelineStats::default() })
+    }
+
+    /// Rules and thresholds by tenant (the API invalidates entries it changes).
+    pub fn automation(&self) -> &AutomationCache {
+        &self.automation
     }
 
     /// The clock the pipeline uses.
@@ -188,9 +196,10 @@ impl Pipeline {
         } else {
             self.history(tenant, contact_id, installs.scorers.iter().chain(&installs.triggers)).await?
         };
-        let contact = self.score(tenant, contact, &installs.scorers, &history).await?;
+        let automation = self.automation.get(tenant).await?;
+        let contact = self.score(tenant, contact, &installs.scorers, &history, &automation).await?;
         for event in &events {
-            self.trigger(tenant, &contact, event, &installs.triggers, &history).await?;
+            self.trigger(tenant, &contact, event, &installs.triggers, &history, &automation).await?;
         }
         Ok(())
     }
@@ -236,6 +245,7 @@ impl Pipeline {
         mut contact: store::Contact,
         scorers: &[Arc<ActiveInstall>],
         history: &[Event],
+        automation: &TenantAutomation,
     ) -> Result<store::Contact, StoreError> {
         for (i, active) in scorers.iter().enumerate() {
             let since = self.clock.now() - i64::from(active.plugin.description.reads.event_window_days) * 86_400_000;
@@ -257,7 +267,7 @@ impl Pipeline {
                             self.store.set_score(tenant, &contact.id, value, &called.value.reasons).await?;
                             self.stats.scores_changed.fetch_add(1, Ordering::Relaxed);
                             contact.score = value;
-                            self.cross_thresholds(tenant, &mut contact, before).await?;
+                            self.cross_thresholds(tenant, &mut contact, before, automation).await?;
                         }
                     } else {
                         let name = format!("{}_score", active.plugin.description.name.replace('-', "_"));
@@ -281,8 +291,9 @@ impl Pipeline {
         tenant: &str,
         contact: &mut store::Contact,
         before: f64,
+        automation: &TenantAutomation,
     ) -> Result<(), StoreError> {
-        let thresholds = self.store.list_lifecycle_thresholds(tenant).await?;
+        let thresholds = &automation.thresholds;
         let rank = |s: &str| STAGES.iter().position(|x| *x == s);
         let current = rank(&contact.lifecycle_stage);
         let target = thresholds
@@ -326,8 +337,9 @@ impl Pipeline {
         event: &Event,
         triggers: &[Arc<ActiveInstall>],
         history: &[Event],
+        automation: &TenantAutomation,
     ) -> Result<(), StoreError> {
-        let rules = self.store.list_rules(tenant).await?;
+        let rules = &automation.rules;
         if rules.is_empty() {
             return Ok(());
         }

@@ -15,5 +15,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use cairn::plugin::types;
-pub use exports::cairn::plugin as guest;
+pub use self::cairn::plugin::types;
+pub use self::exports::cairn::plugin as guest;

@@ -662,11 +662,11 @@ impl Store {
         }
         // ON CONFLICT covers a concurrent creation with the same key between
         // the lookup above and this insert (PostgreSQL; SQLite holds the lock).
-        let done = sqlx::query(&format!(
+        let done = sqlx::query(
             "INSERT INTO tasks (id, tenant_id, contact_id, title, assignee, due_at, status, idempotency_key, \
              created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        ))
+             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
         .bind(&task.id)
         .bind(tenant)
         .bind(task.contact_id.as_deref())

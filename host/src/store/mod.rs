@@ -59,15 +59,18 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use automation::{LifecycleThreshold, NewRule, Rule};
-pub use contacts::{Contact, ContactFilter, ContactPatch, NewContact, ScoreChange};
+pub use contacts::{Contact, ContactFilter, ContactPatch, DEFAULT_STAGE, MAX_TAG, MAX_TAGS, NewContact, ScoreChange};
 pub use crm::{
-    Company, CompanyPatch, Deal, DealFilter, DealPatch, NewCompany, NewDeal, NewTask, Note, Task, TaskFilter, TaskPatch,
+    Company, CompanyPatch, DEFAULT_DEAL_STAGE, Deal, DealFilter, DealPatch, MAX_NOTE, NewCompany, NewDeal, NewTask,
+    Note, Task, TaskFilter, TaskPatch,
 };
 pub use error::{Result, StoreError};
-pub use events::{Event, NewEvent, TimelineEntry};
-pub use invocations::{ActionRun, InvocationCounts, InvocationRecord};
-pub use plugins::{Install, InstallPatch, NewInstall, PluginVersion};
-pub use tenants::{Principal, Tenant};
+pub use events::{
+    CLAIM_LEASE_MS, Event, MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY, MAX_KIND, MAX_RECENT, NewEvent, TimelineEntry,
+};
+pub use invocations::{ActionRun, InvocationCounts, InvocationRecord, MAX_ERROR_MESSAGE, MAX_OUTPUT_JSON};
+pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
+pub use tenants::{KEY_PREFIX, Principal, Tenant};
 pub use value::{MAX_PROPERTIES_BYTES, MAX_PROPERTY_NAME, Properties, TIMESTAMP_KEY, Value, merge_properties};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -160,7 +163,9 @@ impl Store {
     /// - `sqlite:path`, `sqlite://path` or a plain file path: a SQLite file,
     ///   created when missing, in WAL mode with `synchronous=NORMAL` (a
     ///   killed process loses nothing committed; a power cut may lose the
-    ///   last commits) and a busy timeout.
+    ///   last commits) and a busy timeout. A background task checkpoints the
+    ///   WAL every second, so commits do not pay for it; it stops when the
+    ///   last clone of the store is dropped.
     /// - `sqlite::memory:`: a private in-memory database (one connection;
     ///   gone when the store is dropped), for tests and dry runs.
     pub async fn open(url: &str) -> Result<Store> {
