@@ -40,7 +40,13 @@
 //! - `glue` (hidden): the generated WIT bindings and the conversions between
 //!   them and [`types`]; the bindings never leak into the public API.
 //! - [`testkit`]: an in-memory [`Host`] and helpers that run a plugin natively.
+//! - `alloc` (wasm, feature `bump-alloc`, default): a bump allocator; every
+//!   call runs in a fresh instance, so memory is never reused and allocating
+//!   the call's input costs a few instructions per string. Turn the feature
+//!   off to bring your own `#[global_allocator]`.
 
+#[cfg(all(target_family = "wasm", feature = "bump-alloc"))]
+mod alloc;
 pub mod context;
 #[doc(hidden)]
 pub mod glue;

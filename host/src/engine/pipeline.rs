@@ -1,20 +1,23 @@
 //! The event pipeline: what happens after an event is durable.
 //!
-//! For each claimed batch, events are grouped by contact and each contact is
-//! handled once, in event order:
-//! 1. its last-activity time moves forward;
-//! 2. the tenant's scorers run (once per contact per batch, over the events
-//!    they declared they read) and the score is stored;
-//! 3. a score that crosses a lifecycle threshold (e.g. MQL at 50) moves the
+//! Each round claims a batch of committed events. Per tenant, it reads the
+//! batch's contacts and their histories in a few queries (the union of what
+//! the tenant's scorers and triggers declared they read), then handles each
+//! contact once, concurrently, in event order:
+//! 1. the tenant's scorers run (once per contact per batch) and the new score
+//!    is kept for the batch's write;
+//! 2. a score that crosses a lifecycle threshold (e.g. MQL at 50) moves the
 //!    contact's stage and emits a `lifecycle_stage_changed` event, which goes
 //!    through the pipeline like any other;
-//! 4. triggers run: plugin triggers in wasm, rule event matchers natively;
-//! 5. each fired rule runs its action with an idempotency key
-//!    (`rule:<rule id>:<event id>`), the same on every retry.
+//! 3. triggers run: plugin triggers in wasm, rule event matchers natively;
+//! 4. each fired rule runs its action with an idempotency key
+//!    (`rule:<rule id>:<event id>:<contact id>`), the same on every retry.
 //!
-//! Then the batch is marked processed. A crash in between re-runs the batch
-//! after restart: scoring is idempotent, actions are deduplicated by key.
-//! Multi-step workflows will hang off step 5 (enroll instead of execute).
+//! Then one transaction records last activity, scores and score history and
+//! marks the batch processed. A crash in between re-runs the batch after
+//! restart: scoring is idempotent, actions are deduplicated by key, a stage
+//! only moves forward. Multi-step workflows will hang off step 4 (enroll
+//! instead of execute).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +30,10 @@ use tokio::task::JoinSet;
 use crate::engine::automation::{AutomationCache, TenantAutomation};
 use crate::engine::clock::Clock;
 use crate::engine::rules;
-use crate::registry::{ActiveInstall, Registry};
+use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::{CallError, CallScope};
-use crate::store::{self, Event, Store, StoreError, Value};
+use crate::store::{self, ContactUpdate, Event, Store, StoreError, Value};
 
 /// Events claimed per round.
 const BATCH: i64 = 1024;
@@ -101,31 +104,76 @@ impl Pipeline {
 
     /// Process one batch; returns how many events it held.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let started = std::time::Instant::now();
         let claimed = self.store.claim_unprocessed_events(BATCH).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
+        let claimed_in = started.elapsed();
         let ids: Vec<String> = claimed.iter().map(|(_, e)| e.id.clone()).collect();
-        let mut by_contact: BTreeMap<(String, String), Vec<Event>> = BTreeMap::new();
+        let mut by_tenant: BTreeMap<String, BTreeMap<String, Vec<Event>>> = BTreeMap::new();
         for (tenant, event) in claimed {
-            by_contact.entry((tenant, event.contact_id.clone())).or_default().push(event);
+            by_tenant.entry(tenant).or_default().entry(event.contact_id.clone()).or_default().push(event);
         }
-        let mut tasks = JoinSet::new();
-        for ((tenant, contact_id), events) in by_contact {
-            while tasks.len() >= CONCURRENT_CONTACTS {
-                let _ = tasks.join_next().await;
-            }
-            let me = self.clone();
-            tasks.spawn(async move {
-                if let Err(e) = me.process_contact(&tenant, &contact_id, events).await {
-                    tracing::warn!(tenant, contact_id, "processing events failed: {e}");
-                }
-            });
+        let mut updates = Vec::new();
+        for (tenant, by_contact) in by_tenant {
+            updates.extend(self.process_tenant(&tenant, by_contact).await?);
         }
-        while tasks.join_next().await.is_some() {}
-        self.store.mark_events_processed(&ids).await?;
+        let processed_in = started.elapsed();
+        // One transaction: activity, scores and "processed" land together.
+        self.store.finish_batch(&updates, &ids).await?;
+        tracing::debug!(
+            events = ids.len(),
+            claim_us = claimed_in.as_micros() as u64,
+            process_us = (processed_in - claimed_in).as_micros() as u64,
+            write_us = (started.elapsed() - processed_in).as_micros() as u64,
+            "pipeline batch"
+        );
         self.stats.events.fetch_add(ids.len() as u64, Ordering::Relaxed);
         Ok(ids.len())
+    }
+
+    /// Read the tenant's contacts and their histories in a few queries, then
+    /// handle contacts concurrently.
+    async fn process_tenant(
+        self: &Arc<Self>,
+        tenant: &str,
+        by_contact: BTreeMap<String, Vec<Event>>,
+    ) -> Result<Vec<ContactUpdate>, StoreError> {
+        let started = std::time::Instant::now();
+        let contact_ids: Vec<String> = by_contact.keys().cloned().collect();
+        let mut contacts = self.store.get_contacts(tenant, &contact_ids).await?;
+        let installs = self.registry.tenant(tenant);
+        let mut histories = match history_query(installs.scorers.iter().chain(&installs.triggers)) {
+            Some((days, kinds, max)) => {
+                let since = self.clock.now() - i64::from(days) * 86_400_000;
+                self.store.recent_events_for(tenant, &contact_ids, &kinds, since, i64::from(max)).await?
+            }
+            None => Default::default(),
+        };
+        let automation = self.automation.get(tenant).await?;
+        tracing::debug!(contacts = contact_ids.len(), read_us = started.elapsed().as_micros() as u64, "pipeline reads");
+        let mut tasks = JoinSet::new();
+        let mut updates = Vec::with_capacity(by_contact.len());
+        for (contact_id, events) in by_contact {
+            // Deleted since the event was accepted: nothing to do.
+            let Some(contact) = contacts.remove(&contact_id) else { continue };
+            let history = histories.remove(&contact_id).unwrap_or_default();
+            while tasks.len() >= CONCURRENT_CONTACTS {
+                if let Some(done) = tasks.join_next().await {
+                    collect(done, &mut updates);
+                }
+            }
+            let (me, tenant, installs, automation) =
+                (self.clone(), tenant.to_string(), installs.clone(), automation.clone());
+            tasks.spawn(
+                async move { me.process_contact(&tenant, contact, events, history, &installs, &automation).await },
+            );
+        }
+        while let Some(done) = tasks.join_next().await {
+            collect(done, &mut updates);
+        }
+        Ok(updates)
     }
 
     /// Process until nothing is left (tests, the demo, the benchmark).
@@ -183,58 +231,27 @@ impl Pipeline {
         }
     }
 
-    async fn process_contact(&self, tenant: &str, contact_id: &str, events: Vec<Event>) -> Result<(), StoreError> {
-        let Some(contact) = self.store.get_contact(tenant, contact_id).await? else {
-            return Ok(()); // deleted since: nothing to do
-        };
-        if let Some(latest) = events.iter().map(|e| e.occurred_at).max() {
-            self.store.touch_activity(tenant, contact_id, latest).await?;
-        }
-        let installs = self.registry.tenant(tenant);
-        let history = if installs.scorers.is_empty() && installs.triggers.is_empty() {
-            Vec::new()
-        } else {
-            self.history(tenant, contact_id, installs.scorers.iter().chain(&installs.triggers)).await?
-        };
-        let automation = self.automation.get(tenant).await?;
-        let contact = self.score(tenant, contact, &installs.scorers, &history, &automation).await?;
-        for event in &events {
-            self.trigger(tenant, &contact, event, &installs.triggers, &history, &automation).await?;
-        }
-        Ok(())
-    }
-
-    /// One read of the contact's events that covers what every scorer and
-    /// trigger of the tenant declared (each call then gets its own projection).
-    async fn history<'a>(
+    async fn process_contact(
         &self,
         tenant: &str,
-        contact_id: &str,
-        installs: impl Iterator<Item = &'a Arc<ActiveInstall>>,
-    ) -> Result<Vec<Event>, StoreError> {
-        let (mut days, mut max, mut kinds, mut all_kinds) = (0u32, 0u32, Vec::<String>::new(), false);
-        for a in installs {
-            let r = &a.plugin.description.reads;
-            if r.event_window_days == 0 {
-                continue;
-            }
-            days = days.max(r.event_window_days);
-            max = max.max(r.max_events);
-            if r.event_kinds.is_empty() {
-                all_kinds = true;
-            }
-            kinds.extend(r.event_kinds.iter().cloned());
+        contact: store::Contact,
+        events: Vec<Event>,
+        history: Vec<Event>,
+        installs: &TenantInstalls,
+        automation: &TenantAutomation,
+    ) -> Result<ContactUpdate, StoreError> {
+        let mut update = ContactUpdate {
+            tenant_id: tenant.to_string(),
+            contact_id: contact.id.clone(),
+            last_activity_at: events.iter().map(|e| e.occurred_at).max(),
+            score: None,
+        };
+        let (contact, score) = self.score(tenant, contact, &installs.scorers, &history, automation).await?;
+        update.score = score;
+        for event in &events {
+            self.trigger(tenant, &contact, event, &installs.triggers, &history, automation).await?;
         }
-        if days == 0 {
-            return Ok(Vec::new());
-        }
-        if all_kinds {
-            kinds.clear();
-        }
-        kinds.sort();
-        kinds.dedup();
-        let since = self.clock.now() - i64::from(days) * 86_400_000;
-        self.store.recent_events(tenant, contact_id, &kinds, since, i64::from(max.max(1))).await
+        Ok(update)
     }
 
     /// Run the scorers; the first scorer install sets the contact's score,
@@ -246,7 +263,8 @@ impl Pipeline {
         scorers: &[Arc<ActiveInstall>],
         history: &[Event],
         automation: &TenantAutomation,
-    ) -> Result<store::Contact, StoreError> {
+    ) -> Result<(store::Contact, Option<(f64, f64, Vec<String>)>), StoreError> {
+        let mut new_score = None;
         for (i, active) in scorers.iter().enumerate() {
             let since = self.clock.now() - i64::from(active.plugin.description.reads.event_window_days) * 86_400_000;
             let events: Vec<Event> = history.iter().filter(|e| e.occurred_at >= since).cloned().collect();
@@ -264,7 +282,8 @@ impl Pipeline {
                     if i == 0 {
                         if (value - contact.score).abs() > f64::EPSILON {
                             let before = contact.score;
-                            self.store.set_score(tenant, &contact.id, value, &called.value.reasons).await?;
+                            // Written with the batch (`finish_batch`).
+                            new_score = Some((before, value, called.value.reasons.clone()));
                             self.stats.scores_changed.fetch_add(1, Ordering::Relaxed);
                             contact.score = value;
                             self.cross_thresholds(tenant, &mut contact, before, automation).await?;
@@ -281,7 +300,7 @@ impl Pipeline {
                 Err(e) => self.record_failure(tenant, active, "score", None, &e).await,
             }
         }
-        Ok(contact)
+        Ok((contact, new_score))
     }
 
     /// Move the stage forward when the new score reaches a threshold the old
@@ -435,4 +454,42 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Keep a finished contact's update; a contact that failed is logged and
+/// its batch still completes (its events are not retried forever).
+fn collect(done: Result<Result<ContactUpdate, StoreError>, tokio::task::JoinError>, updates: &mut Vec<ContactUpdate>) {
+    match done {
+        Ok(Ok(update)) => updates.push(update),
+        Ok(Err(e)) => tracing::warn!("processing a contact's events failed: {e}"),
+        Err(e) => tracing::error!("a pipeline task panicked: {e}"),
+    }
+}
+
+/// One history read that covers what every scorer and trigger of the tenant
+/// declared: (window in days, kinds or empty for all, most events). Each call
+/// then gets its own projection.
+fn history_query<'a>(installs: impl Iterator<Item = &'a Arc<ActiveInstall>>) -> Option<(u32, Vec<String>, u32)> {
+    let (mut days, mut max, mut kinds, mut all_kinds) = (0u32, 0u32, Vec::<String>::new(), false);
+    for a in installs {
+        let r = &a.plugin.description.reads;
+        if r.event_window_days == 0 {
+            continue;
+        }
+        days = days.max(r.event_window_days);
+        max = max.max(r.max_events);
+        if r.event_kinds.is_empty() {
+            all_kinds = true;
+        }
+        kinds.extend(r.event_kinds.iter().cloned());
+    }
+    if days == 0 {
+        return None;
+    }
+    if all_kinds {
+        kinds.clear();
+    }
+    kinds.sort();
+    kinds.dedup();
+    Some((days, kinds, max.max(1)))
 }

@@ -28,7 +28,7 @@ const MAX_FIELD: usize = 200;
 /// Longest email address (RFC 5321 path limit).
 const MAX_EMAIL: usize = 254;
 /// Most reasons kept with one score change.
-const MAX_REASONS: usize = 50;
+pub(crate) const MAX_REASONS: usize = 50;
 
 /// The columns of a contact row, in the order [`contact_from_row`] reads them.
 pub(crate) const CONTACT_COLUMNS: &str = "id, tenant_id, email, phone, first_name, last_name, owner, \
@@ -251,7 +251,12 @@ pub(crate) fn contact_from_row(row: &AnyRow) -> Result<Contact> {
 }
 
 /// Fill in the tags of `contacts` (one query per 256 contacts).
-async fn load_tags(conn: &mut AnyConnection, backend: Backend, tenant: &str, contacts: &mut [Contact]) -> Result<()> {
+pub(crate) async fn load_tags(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    tenant: &str,
+    contacts: &mut [Contact],
+) -> Result<()> {
     if contacts.is_empty() {
         return Ok(());
     }

@@ -65,7 +65,8 @@ pub const CLAIM_LEASE_MS: i64 = 60_000;
 /// Most events [`Store::recent_events`] returns.
 pub const MAX_RECENT: i64 = 1000;
 
-const EVENT_COLUMNS: &str = "id, tenant_id, contact_id, kind, occurred_at, properties, received_at, processed";
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, tenant_id, contact_id, kind, occurred_at, properties, received_at, processed";
 /// Columns of the events insert, in bind order.
 const INSERT_COLUMNS: &str = "id, tenant_id, contact_id, kind, occurred_at, properties, received_at, idempotency_key";
 const INSERT_WIDTH: usize = 8;
@@ -232,7 +233,7 @@ fn prepare(events: Vec<NewEvent>, now: i64) -> Result<Vec<Prepared>> {
 }
 
 /// Read an event row.
-fn event_from_row(row: &AnyRow) -> Result<Event> {
+pub(crate) fn event_from_row(row: &AnyRow) -> Result<Event> {
     Ok(Event {
         id: row.try_get("id")?,
         contact_id: row.try_get("contact_id")?,

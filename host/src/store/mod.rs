@@ -22,6 +22,7 @@
 //! - `plugins`: plugin versions and bytes, installs, per-install state.
 //! - `automation`: rules (trigger install → action install) and lifecycle
 //!   score thresholds.
+//! - `batch`: batched reads and one-transaction writes for the pipeline.
 //! - `invocations`: recorded plugin calls and action-run idempotency.
 //! - [`testing`]: throwaway SQLite files and PostgreSQL databases for tests.
 //!
@@ -38,6 +39,7 @@
 //! with `sqlx::migrate!`; [`Store::open`] applies them.
 
 mod automation;
+mod batch;
 mod contacts;
 mod crm;
 mod error;
@@ -59,6 +61,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use automation::{LifecycleThreshold, NewRule, Rule};
+pub use batch::ContactUpdate;
 pub use contacts::{Contact, ContactFilter, ContactPatch, DEFAULT_STAGE, MAX_TAG, MAX_TAGS, NewContact, ScoreChange};
 pub use crm::{
     Company, CompanyPatch, DEFAULT_DEAL_STAGE, Deal, DealFilter, DealPatch, MAX_NOTE, NewCompany, NewDeal, NewTask,
