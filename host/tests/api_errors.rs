@@ -224,3 +224,40 @@ async fn refused_uploads_and_bad_configs_say_what_is_wrong() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_panics_fails_its_call_is_recorded_and_the_server_keeps_serving() {
+    let db = TempSqlite::new();
+    let server = start(&db).await;
+    let a = tenant(&server, "A").await;
+    let (s, uploaded) = a.upload(guest_bytes("guest-panic").unwrap()).await.unwrap();
+    assert_eq!(s, 201, "{uploaded}");
+    let install = a
+        .ok(Method::POST, "/v1/installs", Some(json!({"plugin_version_id": uploaded["id"], "config": {}})))
+        .await
+        .unwrap();
+    let install_id = install["id"].as_str().unwrap().to_string();
+    let (s, _) =
+        a.call(Method::POST, "/v1/events", Some(json!({"email": "p@a.test", "kind": "page_viewed"}))).await.unwrap();
+    assert_eq!(s, 202);
+
+    let path = format!("/v1/invocations?install_id={install_id}");
+    let failures = cairn::demo::wait_for(std::time::Duration::from_secs(20), || async {
+        let v = a.ok(Method::GET, &path, None).await?;
+        Ok(v["items"].as_array().filter(|i| !i.is_empty()).cloned())
+    })
+    .await
+    .expect("the failed call is recorded");
+    assert_eq!(failures[0]["error_cause"], "trap", "{failures:?}");
+    assert!(failures[0]["error_message"].as_str().unwrap().contains("deliberate panic"), "{failures:?}");
+    let stats = a.ok(Method::GET, &format!("/v1/installs/{install_id}"), None).await.unwrap();
+    assert_eq!(stats["stats"]["failed"]["trap"], 1, "{stats}");
+
+    // Everyone else is still served.
+    let b = tenant(&server, "B").await;
+    let created = b.ok(Method::POST, "/v1/contacts", Some(json!({"email": "ok@b.test"}))).await.unwrap();
+    assert_eq!(created["email"], "ok@b.test");
+    let health = reqwest::get(format!("{}/healthz", server.url())).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    server.shutdown().await;
+}

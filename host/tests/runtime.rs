@@ -307,3 +307,38 @@ async fn compiled_components_are_reused_from_the_disk_cache_after_a_restart() {
     assert_eq!(plugin.description.name, "page-visits");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_component_built_on_the_per_kind_world_without_the_sdk_loads_and_scores() {
+    let rt = runtime_with(Limits::default());
+    let store = memory_store().await;
+    let plugin = load(&rt, guest_bytes("guest-raw-scorer").unwrap()).await;
+    assert_eq!(plugin.description.kinds, vec![cairn::runtime::Kind::Scorer]);
+    let (contact, events) = cairn::bench::sample_input(store::now_ms());
+    let input = ProjectedInput::build(&plugin, &contact, &events);
+    let called = rt.score(&plugin, scope(&rt, &store, "t1", Grants::default()), "{}", &input, "inv").await.unwrap();
+    assert_eq!(called.value.value, 50.0);
+    let err = rt
+        .execute(
+            &plugin,
+            scope(&rt, &store, "t1", Grants::default()),
+            "{}",
+            &ActionInput {
+                contact: convert::contact_to_wit(&contact, None),
+                trigger_event: None,
+                idempotency_key: "k".into(),
+            },
+            "inv",
+        )
+        .await
+        .expect_err("not an action");
+    assert_eq!(err.cause, FailureCause::Unsupported);
+}
+
+#[tokio::test]
+async fn a_component_missing_the_export_of_a_kind_it_claims_is_refused_naming_it() {
+    let rt = runtime_with(Limits::default());
+    let err = rt.load(Arc::new(guest_bytes("guest-missing-export").unwrap())).await.expect_err("refused");
+    assert!(matches!(err, LoadError::MissingExport(_)), "{err}");
+    assert!(err.to_string().contains("cairn:plugin/action@0.1.0"), "{err}");
+}

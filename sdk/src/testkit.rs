@@ -172,10 +172,25 @@ impl Host for TestHost {
         let mut contacts = self.contacts.borrow_mut();
         let contact = contacts.get_mut(contact_id).ok_or(HostError::NotFound)?;
         for (name, value) in properties {
-            if *value == Value::Null {
-                contact.properties.remove(name);
-            } else {
-                contact.properties.insert(name.clone(), value.clone());
+            // Core field names write the contact's own fields, as in Cairn.
+            let text = value.as_text().map(str::to_string);
+            match name.as_str() {
+                "owner" => contact.owner = text,
+                "first_name" => contact.first_name = text,
+                "last_name" => contact.last_name = text,
+                "phone" => contact.phone = text,
+                "email" => contact.email = text,
+                "lifecycle_stage" => {
+                    if let Some(stage) = text {
+                        contact.lifecycle_stage = stage;
+                    }
+                }
+                _ if *value == Value::Null => {
+                    contact.properties.remove(name);
+                }
+                _ => {
+                    contact.properties.insert(name.clone(), value.clone());
+                }
             }
         }
         Ok(())

@@ -105,9 +105,10 @@ mod tests {
         })
     }
 
-    /// The test host stores `owner` as a property; Cairn writes the core field.
+    /// The contact's owner field after the call (`owner` in set-properties
+    /// writes the core field, in the test host as in Cairn).
     fn written_owner(host: &TestHost, id: &str) -> Option<Value> {
-        host.contact(id).and_then(|c| c.properties.get("owner").cloned())
+        host.contact(id).and_then(|c| c.owner).map(Value::Text)
     }
 
     #[test]
@@ -140,7 +141,7 @@ mod tests {
         let out = testkit::run_action::<AssignByRegion>(&host, config, "c1", "k").expect("runs");
         assert_eq!(out.get("owner"), Some(&Value::from("carol@acme.test")));
         assert_eq!(out.get("changed"), Some(&Value::Bool(false)));
-        assert_eq!(written_owner(&host, "c1"), None);
+        assert_eq!(written_owner(&host, "c1"), Some(Value::from("carol@acme.test")));
     }
 
     #[test]
@@ -149,7 +150,7 @@ mod tests {
         let host = TestHost::new().with_contact(contact);
         let out = testkit::run_action::<AssignByRegion>(&host, config(), "c1", "k").expect("runs");
         assert_eq!(out.get("changed"), Some(&Value::Bool(false)));
-        assert_eq!(written_owner(&host, "c1"), None);
+        assert_eq!(written_owner(&host, "c1"), Some(Value::from("alice@acme.test")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `/v1/installs`: install a plugin version for the tenant with a config
 //! (validated against the plugin's JSON Schema, field by field) and the
 //! capabilities the admin grants; change config, grants or enabled; remove.
+//! `/v1/invocations`: the recorded plugin calls (failures with their cause).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,6 +20,29 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/installs", get(list).post(create))
         .route("/v1/installs/{id}", get(fetch).patch(patch).delete(remove))
+        .route("/v1/invocations", get(invocations))
+}
+
+/// Query of `GET /v1/invocations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationQuery {
+    /// Only this install's calls.
+    pub install_id: Option<String>,
+    /// Most records (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// Recorded plugin calls (failures with their cause, action runs), newest first.
+async fn invocations(
+    TenantAuth(tenant): TenantAuth,
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<InvocationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let items = state.store.list_invocations(&tenant, q.install_id.as_deref(), limit).await?;
+    Ok(Json(json!({"items": items})))
 }
 
 /// Body of `POST /v1/installs`.
