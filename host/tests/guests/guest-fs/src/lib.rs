@@ -7,27 +7,11 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-fs", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
+hostile_scorer!("guest-fs", {
+    match std::fs::read_to_string("/etc/passwd") {
+        Ok(text) => Ok(Score { value: text.len() as f64, reasons: vec![format!("read /etc/passwd: {text}")] }),
+        Err(e) => Err(PluginError::permanent(format!("guest-fs: read failed: {e}"))),
     }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        match std::fs::read_to_string("/etc/passwd") {
-            Ok(text) => Ok(Score { value: text.len() as f64, reasons: vec![format!("read /etc/passwd: {text}")] }),
-            Err(e) => Err(PluginError::permanent(format!("guest-fs: read failed: {e}"))),
-        }
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+});

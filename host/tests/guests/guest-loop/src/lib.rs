@@ -5,28 +5,12 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-loop", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
+hostile_scorer!("guest-loop", {
+    let mut n = 0u64;
+    // black_box keeps the optimiser from proving the loop has no effect.
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
     }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        let mut n = 0u64;
-        // black_box keeps the optimiser from proving the loop has no effect.
-        loop {
-            n = std::hint::black_box(n.wrapping_add(1));
-        }
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+});

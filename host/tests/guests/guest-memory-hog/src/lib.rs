@@ -5,32 +5,16 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-memory-hog", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
-    }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        let mut hoard: Vec<Vec<u8>> = Vec::new();
-        loop {
-            let mut block = vec![0u8; 1 << 20];
-            // Write every page so the memory is really committed, not just reserved.
-            for i in (0..block.len()).step_by(4096) {
-                block[i] = 1;
-            }
-            hoard.push(std::hint::black_box(block));
+hostile_scorer!("guest-memory-hog", {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; 1 << 20];
+        // Write every page so the memory is really committed, not just reserved.
+        for i in (0..block.len()).step_by(4096) {
+            block[i] = 1;
         }
+        hoard.push(std::hint::black_box(block));
     }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+});

@@ -6,24 +6,6 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-nan-scorer", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
-    }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        Ok(Score { value: f64::NAN, reasons: vec!["guest-nan-scorer: NaN".into()] })
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+hostile_scorer!("guest-nan-scorer", { Ok(Score { value: f64::NAN, reasons: vec!["guest-nan-scorer: NaN".into()] }) });

@@ -6,24 +6,6 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-panic", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
-    }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        panic!("guest-panic: deliberate panic for the sandbox test")
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+hostile_scorer!("guest-panic", { panic!("guest-panic: deliberate panic for the sandbox test") });

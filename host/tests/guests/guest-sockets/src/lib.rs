@@ -7,27 +7,11 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-sockets", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
+hostile_scorer!("guest-sockets", {
+    match std::net::TcpStream::connect("127.0.0.1:5432") {
+        Ok(_) => Ok(Score { value: 1.0, reasons: vec!["guest-sockets: connected to 127.0.0.1:5432".into()] }),
+        Err(e) => Err(PluginError::permanent(format!("guest-sockets: connect failed: {e}"))),
     }
-}
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        match std::net::TcpStream::connect("127.0.0.1:5432") {
-            Ok(_) => Ok(Score { value: 1.0, reasons: vec!["guest-sockets: connected to 127.0.0.1:5432".into()] }),
-            Err(e) => Err(PluginError::permanent(format!("guest-sockets: connect failed: {e}"))),
-        }
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
+});

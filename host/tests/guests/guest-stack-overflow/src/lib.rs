@@ -5,19 +5,12 @@
 
 use cairn_sdk::prelude::*;
 
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Config {}
+include!("../../hostile_scorer.rs");
 
-struct Guest;
-
-impl Plugin for Guest {
-    type Config = Config;
-
-    fn describe() -> Description {
-        Description::new("guest-stack-overflow", "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
-    }
-}
+hostile_scorer!("guest-stack-overflow", {
+    let depth = dive(0);
+    Ok(Score { value: depth as f64, reasons: Vec::new() })
+});
 
 /// Recursion on the wasm call stack itself (no big locals, which Rust would
 /// put on its shadow stack in linear memory), so it is the engine's
@@ -31,12 +24,3 @@ fn dive(depth: u64) -> u64 {
     }
     std::hint::black_box(dive(depth + 1)).wrapping_add(depth)
 }
-
-impl Scorer for Guest {
-    fn score(_: &Context, _: &Config, _: &Contact, _: &[Event]) -> Result<Score, PluginError> {
-        let depth = dive(0);
-        Ok(Score { value: depth as f64, reasons: Vec::new() })
-    }
-}
-
-cairn_sdk::register_plugin!(Guest: scorer);
