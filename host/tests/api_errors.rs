@@ -261,3 +261,47 @@ async fn a_plugin_that_panics_fails_its_call_is_recorded_and_the_server_keeps_se
     assert_eq!(health.status().as_u16(), 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_callbacks_become_events_and_a_forged_contact_id_is_rejected() {
+    let db = TempSqlite::new();
+    let server = start(&db).await;
+    let a = tenant(&server, "A").await;
+    let b = tenant(&server, "B").await;
+    let victim = a.ok(Method::POST, "/v1/contacts", Some(json!({"email": "victim@a.test"}))).await.unwrap();
+    let own = b.ok(Method::POST, "/v1/contacts", Some(json!({"email": "reader@b.test"}))).await.unwrap();
+
+    let plugins = b.ok(Method::GET, "/v1/plugins", None).await.unwrap();
+    let webhook = plugins["items"].as_array().unwrap().iter().find(|p| p["name"] == "webhook").unwrap()["id"].clone();
+    let config = json!({"url": "https://hooks.example.com/x", "secret": "0123456789abcdef0123"});
+    let install = b
+        .ok(
+            Method::POST,
+            "/v1/installs",
+            Some(json!({"plugin_version_id": webhook, "config": config, "grants": ["http:hooks.example.com"]})),
+        )
+        .await
+        .unwrap();
+    let path = format!("/v1/installs/{}/inbound", install["id"].as_str().unwrap());
+    let callback = json!([
+        {"event": "opened", "contact_id": own["id"]},
+        {"event": "clicked", "email": "reader@b.test", "properties": {"url": "/pricing"}},
+        {"event": "opened", "contact_id": victim["id"]},
+    ]);
+    let answer = b.ok(Method::POST, &path, Some(callback)).await.unwrap();
+    assert_eq!(answer, json!({"accepted": 2, "rejected": 1}));
+
+    let events =
+        b.ok(Method::GET, &format!("/v1/events?contact_id={}", own["id"].as_str().unwrap()), None).await.unwrap();
+    let kinds: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), 2, "{events}");
+    assert!(kinds.contains(&"opened") && kinds.contains(&"clicked"));
+    assert_eq!(events["items"][0]["properties"]["channel"], "webhook");
+    let theirs =
+        a.ok(Method::GET, &format!("/v1/events?contact_id={}", victim["id"].as_str().unwrap()), None).await.unwrap();
+    assert_eq!(theirs["items"].as_array().map(Vec::len), Some(0), "nothing recorded for tenant A");
+
+    let (s, body) = b.call(Method::POST, &path, Some(json!({"no": "event"}))).await.unwrap();
+    assert_error(s, &body, 422, "could not parse");
+    server.shutdown().await;
+}

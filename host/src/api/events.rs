@@ -53,10 +53,7 @@ async fn ingest(
         value @ Value::Object(_) => vec![parse_event(value, None)?],
         _ => return Err(ApiError::invalid("expected an event object or {\"events\": [...]}")),
     };
-    let stored = state.intake.submit(&tenant, events).await.map_err(|e| match e {
-        IntakeError::Store(s) => ApiError::from(s),
-        IntakeError::Unavailable(_) | IntakeError::Overloaded => ApiError::Unavailable,
-    })?;
+    let stored = state.intake.submit(&tenant, events).await.map_err(intake_error)?;
     let ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": ids.len(), "ids": ids}))))
 }
@@ -86,4 +83,13 @@ async fn list(
     let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
     let events = state.store.recent_events(&tenant, &q.contact_id, &kinds, 0, limit).await?;
     Ok(Json(json!({"items": events})))
+}
+
+/// An intake failure as an API error: the store's own errors keep their
+/// meaning (422 for an unknown contact), the rest is "retry later".
+pub fn intake_error(e: IntakeError) -> ApiError {
+    match e {
+        IntakeError::Store(s) => ApiError::from(s),
+        IntakeError::Unavailable(_) | IntakeError::Overloaded => ApiError::Unavailable,
+    }
 }

@@ -21,6 +21,85 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/installs", get(list).post(create))
         .route("/v1/installs/{id}", get(fetch).patch(patch).delete(remove))
         .route("/v1/invocations", get(invocations))
+        .route("/v1/installs/{id}/inbound", axum::routing::post(inbound))
+}
+
+/// A provider callback for a channel install (`POST /v1/installs/{id}/inbound`,
+/// body as the provider sent it). The plugin turns it into events; the host
+/// resolves each event's contact inside the caller's tenant only, so a
+/// callback naming another tenant's contact id is rejected, never recorded.
+async fn inbound(
+    TenantAuth(tenant): TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let active = state.registry.get(&tenant, &id).ok_or(ApiError::NotFound("install"))?;
+    if !active.is(crate::runtime::Kind::Channel) {
+        return Err(ApiError::invalid("this install is not a channel"));
+    }
+    let request = crate::runtime::bindings::guest::channel::InboundRequest {
+        path: String::new(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let scope = crate::runtime::CallScope {
+        tenant_id: tenant.clone(),
+        install_id: id.clone(),
+        grants: active.grants.clone(),
+        store: state.store.clone(),
+        egress: state.registry.runtime().egress.clone(),
+        test_mode: false,
+        now: state.pipeline.clock().now(),
+    };
+    let invocation = crate::store::new_id();
+    let parsed = state
+        .registry
+        .runtime()
+        .parse_inbound(&active.plugin, scope, &active.config_text, &request, &invocation)
+        .await
+        .map_err(|e| ApiError::invalid(format!("the channel could not parse the callback: {}", e.message)))?;
+    let mut events = Vec::new();
+    let mut rejected = 0;
+    for e in parsed.value {
+        let mut properties = crate::runtime::convert::properties_from_wit(e.properties);
+        properties.insert("channel".into(), crate::store::Value::Text(active.plugin.description.name.clone()));
+        // By id: it must be a contact of this tenant. By email: found or
+        // created inside this tenant by the store.
+        let (contact_id, email) = match (e.contact_id, e.email) {
+            (Some(cid), _) => match state.store.get_contact(&tenant, &cid).await? {
+                Some(c) => (Some(c.id), None),
+                None => {
+                    rejected += 1;
+                    continue;
+                }
+            },
+            (None, Some(email)) => (None, Some(email)),
+            (None, None) => {
+                rejected += 1;
+                continue;
+            }
+        };
+        events.push(crate::store::NewEvent {
+            contact_id,
+            email,
+            kind: e.kind,
+            occurred_at: None,
+            properties,
+            idempotency_key: None,
+        });
+    }
+    let accepted = if events.is_empty() {
+        0
+    } else {
+        state.intake.submit(&tenant, events).await.map_err(crate::api::events::intake_error)?.len()
+    };
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "rejected": rejected}))))
 }
 
 /// Query of `GET /v1/invocations`.

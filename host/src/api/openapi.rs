@@ -156,6 +156,7 @@ fn endpoint_paths() -> Value {
         "/v1/installs/{id}": {"parameters": id_param(), "get": op("An install with call statistics", "200", None),
             "patch": op("Change config, grants or enabled", "200", Some("PatchInstall")),
             "delete": {"summary": "Remove an install", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
+        "/v1/installs/{id}/inbound": {"parameters": id_param(), "post": {"summary": "A provider callback for a channel install; the plugin turns it into events (202 with accepted/rejected counts)", "security": [{"bearer": []}], "requestBody": {"content": {"*/*": {"schema": {}}}}, "responses": {"202": {"description": "accepted"}, "404": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}}},
         "/v1/invocations": {"get": op("Recorded plugin calls, newest first (?install_id=, ?limit=)", "200", None)},
         "/v1/rules": {"get": op("List rules", "200", None), "post": op("Create a rule (trigger → action)", "201", Some("CreateRule"))},
         "/v1/rules/{id}": {"parameters": id_param(), "get": op("A rule", "200", None), "patch": op("Enable or disable", "200", Some("PatchRule")),
