@@ -68,10 +68,14 @@ impl CompileCache {
     fn store(&self, dir: &Path, content_hash: &str, component: &Component) {
         let path = self.path_for(dir, content_hash);
         let result = component.serialize().map_err(|e| anyhow::anyhow!("{e}")).and_then(|bytes| {
-            // Write then rename, so a concurrent reader never sees half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // Write to a name no other writer uses, then rename: a concurrent
+            // reader never sees half a file, and two writers of the same
+            // component never interleave.
+            let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
             std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
             Ok(())
         });
         if let Err(e) = result {
