@@ -333,6 +333,12 @@ fn entry_line(entry: &Value) -> String {
         "event" => format!("{} {}", entry["kind"].as_str().unwrap_or(""), entry["properties"]),
         "score_change" => format!("score {} → {} {}", entry["old_score"], entry["new_score"], entry["reasons"]),
         "task" => format!("\"{}\"", entry["title"].as_str().unwrap_or("")),
+        "action_run" => format!(
+            "{} {} {}",
+            if entry["ok"] == true { "ok" } else { "failed" },
+            entry["output_json"].as_str().unwrap_or(""),
+            entry["error_message"].as_str().unwrap_or("")
+        ),
         _ => entry.to_string(),
     };
     format!("{kind:<13} {detail}")

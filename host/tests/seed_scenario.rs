@@ -80,6 +80,8 @@ async fn play_seed_scenario(database_url: String) {
     let timeline = s.client.ok(Method::GET, &format!("{contact_path}/timeline"), None).await.unwrap();
     let kinds: Vec<&str> = timeline["items"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(kinds.contains(&"event") && kinds.contains(&"score_change") && kinds.contains(&"task"), "{kinds:?}");
+    let runs = kinds.iter().filter(|k| **k == "action_run").count();
+    assert_eq!(runs, 2, "the task and the webhook rule runs are on the timeline: {kinds:?}");
 
     let metrics = reqwest::get(format!("{}/metrics", server.url())).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("cairn_events_processed_total"), "{metrics}");

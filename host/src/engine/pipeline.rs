@@ -13,7 +13,8 @@
 //! 4. each fired rule runs its action with an idempotency key
 //!    (`rule:<rule id>:<event id>:<contact id>`), the same on every retry.
 //!
-//! Then one transaction records last activity, scores and score history and
+//! Then one transaction records last activity, scores, score history, stage
+//! changes with their `lifecycle_stage_changed` events, and
 //! marks the batch processed. A crash in between re-runs the batch after
 //! restart: scoring is idempotent, actions are deduplicated by key, a stage
 //! only moves forward. Multi-step workflows will hang off step 4 (enroll
@@ -33,7 +34,7 @@ use crate::engine::rules;
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::{CallError, CallScope};
-use crate::store::{self, ContactUpdate, Event, Store, StoreError, Value};
+use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
 /// Events claimed per round.
 const BATCH: i64 = 1024;
@@ -122,6 +123,10 @@ impl Pipeline {
         let processed_in = started.elapsed();
         // One transaction: activity, scores and "processed" land together.
         self.store.finish_batch(&updates, &ids).await?;
+        if updates.iter().any(|u| u.stage_change.is_some()) {
+            // The lifecycle events just committed are work for the next round.
+            self.committed.notify_one();
+        }
         tracing::debug!(
             events = ids.len(),
             claim_us = claimed_in.as_micros() as u64,
@@ -245,9 +250,11 @@ impl Pipeline {
             contact_id: contact.id.clone(),
             last_activity_at: events.iter().map(|e| e.occurred_at).max(),
             score: None,
+            stage_change: None,
         };
-        let (contact, score) = self.score(tenant, contact, &installs.scorers, &history, automation).await?;
+        let (contact, score, stage) = self.score(tenant, contact, &installs.scorers, &history, automation).await?;
         update.score = score;
+        update.stage_change = stage;
         for event in &events {
             self.trigger(tenant, &contact, event, &installs.triggers, &history, automation).await?;
         }
@@ -263,8 +270,9 @@ impl Pipeline {
         scorers: &[Arc<ActiveInstall>],
         history: &[Event],
         automation: &TenantAutomation,
-    ) -> Result<(store::Contact, Option<(f64, f64, Vec<String>)>), StoreError> {
+    ) -> Result<(store::Contact, Option<(f64, f64, Vec<String>)>, Option<StageChange>), StoreError> {
         let mut new_score = None;
+        let mut stage_change = None;
         for (i, active) in scorers.iter().enumerate() {
             let since = self.clock.now() - i64::from(active.plugin.description.reads.event_window_days) * 86_400_000;
             let events: Vec<Event> = history.iter().filter(|e| e.occurred_at >= since).cloned().collect();
@@ -286,7 +294,7 @@ impl Pipeline {
                             new_score = Some((before, value, called.value.reasons.clone()));
                             self.stats.scores_changed.fetch_add(1, Ordering::Relaxed);
                             contact.score = value;
-                            self.cross_thresholds(tenant, &mut contact, before, automation).await?;
+                            stage_change = self.cross_thresholds(&mut contact, before, automation).await?;
                         }
                     } else {
                         let name = format!("{}_score", active.plugin.description.name.replace('-', "_"));
@@ -300,18 +308,17 @@ impl Pipeline {
                 Err(e) => self.record_failure(tenant, active, "score", None, &e).await,
             }
         }
-        Ok((contact, new_score))
+        Ok((contact, new_score, stage_change))
     }
 
     /// Move the stage forward when the new score reaches a threshold the old
     /// one did not, and emit `lifecycle_stage_changed`.
     async fn cross_thresholds(
         &self,
-        tenant: &str,
         contact: &mut store::Contact,
         before: f64,
         automation: &TenantAutomation,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<StageChange>, StoreError> {
         let thresholds = &automation.thresholds;
         let rank = |s: &str| STAGES.iter().position(|x| *x == s);
         let current = rank(&contact.lifecycle_stage);
@@ -323,28 +330,18 @@ impl Pipeline {
                 _ => false,
             })
             .max_by(|a, b| rank(&a.stage).cmp(&rank(&b.stage)));
-        let Some(target) = target else { return Ok(()) };
-        let from = contact.lifecycle_stage.clone();
-        self.store.set_lifecycle_stage(tenant, &contact.id, &target.stage).await?;
-        contact.lifecycle_stage = target.stage.clone();
+        let Some(target) = target else { return Ok(None) };
+        let from = std::mem::replace(&mut contact.lifecycle_stage, target.stage.clone());
         self.stats.stage_changes.fetch_add(1, Ordering::Relaxed);
-        let props = BTreeMap::from([
+        let properties = BTreeMap::from([
             ("from".to_string(), Value::Text(from)),
             ("to".to_string(), Value::Text(target.stage.clone())),
             ("score".to_string(), Value::Number(contact.score)),
             ("threshold".to_string(), Value::Number(target.min_score)),
         ]);
-        let event = store::NewEvent {
-            contact_id: Some(contact.id.clone()),
-            email: None,
-            kind: "lifecycle_stage_changed".into(),
-            occurred_at: Some(self.clock.now()),
-            properties: props,
-            idempotency_key: None,
-        };
-        self.store.insert_events(tenant, vec![event]).await?;
-        self.committed.notify_one();
-        Ok(())
+        // Written with the batch, in the same transaction as the score that
+        // caused it: nobody sees the new stage without the new score.
+        Ok(Some(StageChange { stage: target.stage.clone(), properties, at: self.clock.now() }))
     }
 
     /// Evaluate plugin triggers and rule matchers for one event; run the
@@ -444,6 +441,27 @@ impl Pipeline {
                 self.stats.actions_ok.fetch_add(1, Ordering::Relaxed);
                 let output = serde_json::to_string(&called.value).ok();
                 self.store.finish_action_run(tenant, &key, true, output.as_deref()).await?;
+                // Successful actions are recorded too (they are rare next to
+                // events): the contact's timeline shows what automation did.
+                let record = store::InvocationRecord {
+                    id: store::new_id(),
+                    tenant_id: tenant.to_string(),
+                    install_id: active.install.id.clone(),
+                    kind: "execute".into(),
+                    contact_id: Some(contact.id.clone()),
+                    event_id: Some(event.id.clone()),
+                    ok: true,
+                    error_cause: None,
+                    error_message: None,
+                    fuel_used: Some(called.stats.fuel_used as i64),
+                    duration_us: called.stats.duration_us as i64,
+                    idempotency_key: Some(key.clone()),
+                    output_json: output,
+                    at: self.clock.now(),
+                };
+                if let Err(e) = self.store.record_invocation(&record).await {
+                    tracing::warn!("could not record an action run: {e}");
+                }
             }
             Err(e) => {
                 self.stats.actions_failed.fetch_add(1, Ordering::Relaxed);

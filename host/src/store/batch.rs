@@ -15,6 +15,7 @@ use sqlx::Row;
 use crate::store::contacts::{CONTACT_COLUMNS, MAX_REASONS, contact_from_row, load_tags};
 use crate::store::error::{Result, StoreError};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
+use crate::store::value::encode_properties;
 use crate::store::{Backend, Contact, Event, Properties, Store, new_id, now_ms};
 
 /// What the pipeline learned about one contact in a batch.
@@ -28,6 +29,20 @@ pub struct ContactUpdate {
     pub last_activity_at: Option<i64>,
     /// A new score: (old, new, reasons).
     pub score: Option<(f64, f64, Vec<String>)>,
+    /// A lifecycle stage reached by the new score.
+    pub stage_change: Option<StageChange>,
+}
+
+/// A contact moving to a lifecycle stage; recorded with a
+/// `lifecycle_stage_changed` event carrying `properties`.
+#[derive(Debug, Clone)]
+pub struct StageChange {
+    /// The new stage.
+    pub stage: String,
+    /// The event's properties (from, to, score, threshold).
+    pub properties: Properties,
+    /// When, epoch ms.
+    pub at: i64,
 }
 
 /// An event as the aggregated history query returns it.
@@ -180,6 +195,33 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+        }
+        for u in updates {
+            let Some(change) = &u.stage_change else { continue };
+            let moved = sqlx::query(
+                "UPDATE contacts SET lifecycle_stage = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(&u.tenant_id)
+            .bind(&u.contact_id)
+            .bind(&change.stage)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO events (id, tenant_id, contact_id, kind, occurred_at, properties, received_at) \
+                 VALUES ($1, $2, $3, 'lifecycle_stage_changed', $4, $5, $6)",
+            )
+            .bind(new_id())
+            .bind(&u.tenant_id)
+            .bind(&u.contact_id)
+            .bind(change.at)
+            .bind(encode_properties(&change.properties)?)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
         }
         for chunk in processed.chunks(MAX_IN_LIST) {
             let mut p = Params::new(self.backend);

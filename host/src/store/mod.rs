@@ -61,7 +61,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use automation::{LifecycleThreshold, NewRule, Rule};
-pub use batch::ContactUpdate;
+pub use batch::{ContactUpdate, StageChange};
 pub use contacts::{Contact, ContactFilter, ContactPatch, DEFAULT_STAGE, MAX_TAG, MAX_TAGS, NewContact, ScoreChange};
 pub use crm::{
     Company, CompanyPatch, DEFAULT_DEAL_STAGE, Deal, DealFilter, DealPatch, MAX_NOTE, NewCompany, NewDeal, NewTask,
