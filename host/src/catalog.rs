@@ -5,12 +5,13 @@
 //! version is recognised by name, version and hash and not stored twice).
 
 /// Name and bytes of each prebuilt plugin.
-pub const PREBUILT: [(&str, &[u8]); 5] = [
+pub const PREBUILT: [(&str, &[u8]); 6] = [
     ("rules-scorer", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/rules_scorer.wasm"))),
     ("page-visits", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/page_visits.wasm"))),
     ("tag-contact", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/tag_contact.wasm"))),
     ("create-task", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/create_task.wasm"))),
     ("webhook", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/webhook.wasm"))),
+    ("health-scorer", include_bytes!(concat!(env!("CAIRN_GUEST_DIR"), "/health_scorer.wasm"))),
 ];
 
 /// The directory holding every built guest component (plugins, examples and

@@ -8,7 +8,8 @@
 //! - [`runtime`]: wasmtime engine, compile cache, per-call limits, host imports.
 //! - [`store`]: the customer store over sqlx (SQLite by default, PostgreSQL).
 //! - [`registry`]: plugin versions, installs and the live table of loaded installs.
-//! - [`engine`]: durable intake (group commit), the event pipeline, rules, clock.
+//! - [`clock`]: business time, system or manual (shared by store and engine).
+//! - [`engine`]: durable intake (group commit), the event pipeline, workflows.
 //! - [`api`]: the HTTP API (axum).
 //! - [`server`]: wiring all of it into a running server.
 //! - [`catalog`]: the prebuilt plugins embedded in the binary.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod bench;
 pub mod catalog;
+pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! Wiring: open the store, build the runtime and registry, load the
-//! catalog and installs, start intake and pipeline, serve HTTP.
+//! catalog and installs, start intake, pipeline and workflow runner, serve
+//! HTTP.
 //!
 //! [`start`] is what `cairn serve`, `cairn demo`, the end-to-end tests and
 //! the benchmark all use, so they exercise the same server.
@@ -13,6 +14,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::engine::workflows::Workflows;
 use crate::engine::{Clock, Intake, Pipeline};
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -32,7 +34,8 @@ pub struct ServerConfig {
     /// An admin key to register (from `CAIRN_ADMIN_KEY`); when `None` and the
     /// store has no admin key yet, one is generated and returned once.
     pub admin_key: Option<String>,
-    /// Run the pipeline in the background (tests may drive it by hand).
+    /// Run the pipeline and the workflow runner in the background (tests may
+    /// drive them by hand).
     pub run_pipeline: bool,
 }
 
@@ -85,6 +88,8 @@ impl Server {
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let began = Instant::now();
     let store = Store::open(&config.database_url).await.with_context(|| "opening the database")?;
+    // One clock for everything the store stamps and the engine schedules.
+    let store = store.with_clock(config.clock.clone());
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
     let registry = Arc::new(Registry::new(runtime, store.clone()));
 
@@ -104,12 +109,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
 
     let committed = Arc::new(Notify::new());
     let intake = Intake::start(store.clone(), committed.clone());
-    let pipeline = Pipeline::new(store.clone(), registry.clone(), config.clock.clone(), committed);
+    let workflows = Workflows::new(store.clone(), registry.clone(), config.clock.clone(), committed.clone());
+    let pipeline = Pipeline::new(store.clone(), registry.clone(), config.clock.clone(), committed, workflows.clone());
     let mut tasks = Vec::new();
     if config.run_pipeline {
         tasks.push(tokio::spawn(pipeline.clone().run()));
+        tasks.push(tokio::spawn(workflows.clone().run()));
     }
-    let state = AppState { store, registry, intake, pipeline, auth: Arc::default() };
+    let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default() };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

@@ -42,6 +42,7 @@ fn scope(rt: &Runtime, store: &Store, tenant: &str, grants: Grants) -> CallScope
         egress: rt.egress.clone(),
         test_mode: false,
         now: store::now_ms(),
+        test_contact: None,
     }
 }
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
+use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
     ContactFilter, ContactPatch, InstallPatch, InvocationRecord, NewCompany, NewContact, NewDeal, NewEvent, NewInstall,
@@ -92,6 +93,18 @@ fn props(pairs: &[(&str, Value)]) -> Properties {
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
+}
+
+/// Mark every pending event processed: the `contact_created` events of a
+/// test's setup would otherwise be claimed along with the events under test.
+async fn settle(store: &Store) -> anyhow::Result<()> {
+    loop {
+        let claimed = store.claim_unprocessed_events(1000).await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        store.mark_events_processed(&claimed.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()).await?;
+    }
 }
 
 async fn contact(store: &Store, tenant: &str, email: &str) -> anyhow::Result<String> {
@@ -420,7 +433,7 @@ async fn a_tenant_cannot_reach_another_tenants_records(store: Store) -> anyhow::
     let c = store.get_contact(&a, &id).await?.context("contact")?;
     assert_eq!(c.owner, None);
     assert_eq!(c.tags, ["vip"]);
-    assert_eq!(store.count_events(&a, &id, "", 0).await?, 1);
+    assert_eq!(store.count_events(&a, &id, "", 0).await?, 2, "contact_created and page_viewed");
     Ok(())
 }
 
@@ -448,7 +461,7 @@ async fn an_event_batch_is_stored_in_order_and_deduplicated_by_key(store: Store)
     let again = store.insert_events(&t, vec![again, event(&id, "clicked")]).await?;
     assert_eq!(again[0], stored[10]);
     assert_eq!(again[1].kind, "clicked");
-    assert_eq!(store.count_events(&t, &id, "", 0).await?, 300);
+    assert_eq!(store.count_events(&t, &id, "", 0).await?, 301, "300 and the contact's contact_created");
 
     // The same key in another tenant is another event.
     let other = tenant(&store, "Other").await?;
@@ -507,7 +520,7 @@ async fn an_event_naming_an_unknown_contact_fails_and_stores_nothing(store: Stor
         Err(StoreError::UnknownContact(missing)) => assert_eq!(missing, "no-such-contact"),
         other => anyhow::bail!("expected UnknownContact, got {other:?}"),
     }
-    assert_eq!(store.count_events(&t, &id, "", 0).await?, 0, "the batch is all or nothing");
+    assert_eq!(store.count_events(&t, &id, "", 0).await?, 1, "the batch is all or nothing (contact_created is all)");
     assert_eq!(store.find_contact_by_email(&t, "fresh@example.com").await?, None);
     Ok(())
 }
@@ -540,8 +553,9 @@ async fn a_bad_request_in_a_group_commit_fails_alone(store: Store) -> anyhow::Re
     assert!(matches!(results[3], Err(StoreError::Invalid(_))));
     assert!(matches!(results[4], Err(StoreError::UnknownTenant(_))));
     assert_eq!(results[5].as_ref().map(|e| e[0].kind.clone()).ok(), Some("four".into()));
-    assert_eq!(store.count_events(&a, &ca, "", 0).await?, 1);
-    assert_eq!(store.count_events(&b, &cb, "", 0).await?, 2);
+    // Each contact also has its contact_created event.
+    assert_eq!(store.count_events(&a, &ca, "", 0).await?, 2);
+    assert_eq!(store.count_events(&b, &cb, "", 0).await?, 3);
     assert!(store.find_contact_by_email(&a, "new@example.com").await?.is_some());
     Ok(())
 }
@@ -549,6 +563,7 @@ async fn a_bad_request_in_a_group_commit_fails_alone(store: Store) -> anyhow::Re
 async fn claimed_events_are_not_claimed_again_until_released_or_expired(store: Store) -> anyhow::Result<()> {
     let t = tenant(&store, "Acme").await?;
     let id = contact(&store, &t, "ann@example.com").await?;
+    settle(&store).await?;
     let stored = store.insert_events(&t, (0..5).map(|i| event(&id, &format!("k{i}"))).collect()).await?;
 
     let first = store.claim_unprocessed_events(3).await?;
@@ -582,6 +597,7 @@ async fn claimed_events_are_not_claimed_again_until_released_or_expired(store: S
 async fn concurrent_claims_get_disjoint_events(store: Store) -> anyhow::Result<()> {
     let t = tenant(&store, "Acme").await?;
     let id = contact(&store, &t, "ann@example.com").await?;
+    settle(&store).await?;
     store.insert_events(&t, (0..200).map(|i| event(&id, &format!("k{i}"))).collect()).await?;
     let claims = (0..4).map(|_| {
         let store = store.clone();
@@ -623,6 +639,8 @@ async fn concurrent_requests_with_one_key_store_one_event(store: Store) -> anyho
 }
 
 async fn recent_and_counted_events_respect_kind_time_and_tenant(store: Store) -> anyhow::Result<()> {
+    // Business time 0, so the contacts' contact_created events are older than the events below.
+    let store = store.with_clock(Clock::manual(0));
     let t = tenant(&store, "Acme").await?;
     let id = contact(&store, &t, "ann@example.com").await?;
     let other = contact(&store, &t, "bob@example.com").await?;
@@ -643,7 +661,7 @@ async fn recent_and_counted_events_respect_kind_time_and_tenant(store: Store) ->
 
     assert_eq!(store.count_events(&t, &id, "page_viewed", 0).await?, 5);
     assert_eq!(store.count_events(&t, &id, "page_viewed", 5_000).await?, 2);
-    assert_eq!(store.count_events(&t, &id, "", 0).await?, 10);
+    assert_eq!(store.count_events(&t, &id, "", 0).await?, 11, "and contact_created");
     assert_eq!(store.count_events(&t, &other, "page_viewed", 0).await?, 1);
     Ok(())
 }
@@ -685,15 +703,16 @@ async fn the_timeline_merges_a_contacts_history_newest_first(store: Store) -> an
             TimelineEntry::Task(_) => "task",
             TimelineEntry::ScoreChange(_) => "score_change",
             TimelineEntry::ActionRun(_) => "action_run",
+            TimelineEntry::WorkflowStep(_) => "workflow_step",
         })
         .collect();
-    assert_eq!(types.len(), 5, "scorer calls are not action runs: {types:?}");
+    assert_eq!(types.len(), 6, "scorer calls are not action runs: {types:?}");
     assert_eq!(types[0], "action_run");
-    assert_eq!(types[4], "event");
+    assert_eq!(types[5], "event");
     assert!(timeline.windows(2).all(|w| w[0].at() >= w[1].at()), "newest first");
     let json = serde_json::to_value(&timeline[0])?;
     assert_eq!(json["type"], "action_run");
-    assert_eq!(serde_json::to_value(&timeline[4])?["kind"], "page_viewed");
+    assert_eq!(serde_json::to_value(&timeline[5])?["kind"], "page_viewed");
     assert_eq!(store.timeline(&t, &id, 2).await?.map(|t| t.len()), Some(2));
     assert_eq!(store.timeline(&t, "missing", 10).await?, None);
     Ok(())

@@ -29,7 +29,10 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewContact>,
 ) -> Result<(StatusCode, Json<Contact>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.store.create_contact(&tenant, body).await?)))
+    let contact = state.store.create_contact(&tenant, body).await?;
+    // `contact_created` is in the event log now.
+    state.pipeline.poke();
+    Ok((StatusCode::CREATED, Json(contact)))
 }
 
 async fn fetch(
@@ -46,7 +49,10 @@ async fn patch(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ContactPatch>,
 ) -> Result<Json<Contact>, ApiError> {
-    state.store.patch_contact(&tenant, &id, body).await?.map(Json).ok_or(ApiError::NotFound("contact"))
+    let contact = state.store.patch_contact(&tenant, &id, body).await?.ok_or(ApiError::NotFound("contact"))?;
+    // Changed properties are `property_changed` events now.
+    state.pipeline.poke();
+    Ok(Json(contact))
 }
 
 async fn remove(

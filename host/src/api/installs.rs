@@ -56,6 +56,7 @@ async fn inbound(
         egress: state.registry.runtime().egress.clone(),
         test_mode: false,
         now: state.pipeline.clock().now(),
+        test_contact: None,
     };
     let invocation = crate::store::new_id();
     let parsed = state

@@ -5,8 +5,9 @@
 //!   `ApiJson`, a JSON extractor whose rejections are `ApiError`s.
 //! - [`auth`]: `TenantAuth` / `AdminAuth` extractors over hashed keys.
 //! - one module per resource: [`tenants`], [`contacts`], [`crm`] (companies,
-//!   deals, tasks), [`events`], [`plugins`], [`installs`], [`automation`]
-//!   (rules, lifecycle thresholds), [`system`] (health, metrics, OpenAPI).
+//!   deals, tasks), [`events`], [`plugins`], [`installs`], [`workflows`]
+//!   (definitions, versions, dry runs), [`runs`], [`automation`] (lifecycle
+//!   thresholds), [`system`] (health, metrics, OpenAPI).
 //!
 //! [`app`] builds the router from an [`AppState`], so tests call it without
 //! a socket and the server binds it to one.
@@ -20,14 +21,17 @@ pub mod events;
 pub mod installs;
 pub mod openapi;
 pub mod plugins;
+pub mod runs;
 pub mod system;
 pub mod tenants;
+pub mod workflows;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
+use crate::engine::workflows::Workflows;
 use crate::engine::{Intake, Pipeline};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -48,6 +52,8 @@ pub struct AppState {
     pub intake: Intake,
     /// The event pipeline.
     pub pipeline: Arc<Pipeline>,
+    /// The workflow service.
+    pub workflows: Arc<Workflows>,
     /// Key lookups.
     pub auth: Arc<auth::AuthCache>,
 }
@@ -62,6 +68,8 @@ pub fn app(state: AppState) -> Router {
         .merge(events::routes())
         .merge(installs::routes())
         .merge(automation::routes())
+        .merge(workflows::routes())
+        .merge(runs::routes())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         // Uploads get their own, larger limit.
         .merge(plugins::routes().layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY)))

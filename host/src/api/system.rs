@@ -38,9 +38,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "cairn_scores_changed_total {}", p.scores_changed.load(Ordering::Relaxed));
     let _ = writeln!(out, "# TYPE cairn_stage_changes_total counter");
     let _ = writeln!(out, "cairn_stage_changes_total {}", p.stage_changes.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# TYPE cairn_rule_runs_total counter");
-    let _ = writeln!(out, "cairn_rule_runs_total{{result=\"ok\"}} {}", p.actions_ok.load(Ordering::Relaxed));
-    let _ = writeln!(out, "cairn_rule_runs_total{{result=\"failed\"}} {}", p.actions_failed.load(Ordering::Relaxed));
+    let w = &state.workflows.stats;
+    let _ = writeln!(out, "# HELP cairn_workflow_enrollments_total Contacts enrolled in workflows.");
+    let _ = writeln!(out, "# TYPE cairn_workflow_enrollments_total counter");
+    let _ = writeln!(out, "cairn_workflow_enrollments_total {}", w.enrolled.load(Ordering::Relaxed));
+    let _ = writeln!(out, "cairn_workflow_enrollments_refused_total {}", w.enroll_refused.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_workflow_steps_total counter");
+    let _ = writeln!(out, "cairn_workflow_steps_total{{result=\"ok\"}} {}", w.steps_ok.load(Ordering::Relaxed));
+    let _ = writeln!(out, "cairn_workflow_steps_total{{result=\"failed\"}} {}", w.steps_failed.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# TYPE cairn_workflow_runs_finished_total counter");
+    for (status, n) in [("completed", &w.runs_completed), ("failed", &w.runs_failed), ("exited", &w.goals_met)] {
+        let _ = writeln!(out, "cairn_workflow_runs_finished_total{{status=\"{status}\"}} {}", n.load(Ordering::Relaxed));
+    }
     let _ = writeln!(out, "# TYPE cairn_plugins_loaded gauge");
     let _ = writeln!(out, "cairn_plugins_loaded {}", state.registry.loaded_plugin_count());
     let _ = writeln!(out, "# HELP cairn_plugin_calls_total Plugin calls by install and result.");

@@ -1,4 +1,4 @@
-//! A per-tenant cache of rules and lifecycle thresholds for the pipeline.
+//! A per-tenant cache of lifecycle thresholds for the pipeline.
 //!
 //! Reading them from the database for every event would cost two queries per
 //! event on the hot path. They change rarely and only through the API, which
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::store::{LifecycleThreshold, Rule, Store, StoreError};
+use crate::store::{LifecycleThreshold, Store, StoreError};
 
 /// How long an entry is trusted without an invalidation.
 const TTL: Duration = Duration::from_secs(1);
@@ -17,8 +17,6 @@ const TTL: Duration = Duration::from_secs(1);
 /// One tenant's automation settings.
 #[derive(Debug, Default)]
 pub struct TenantAutomation {
-    /// Enabled and disabled rules, oldest first.
-    pub rules: Vec<Rule>,
     /// Score thresholds by stage.
     pub thresholds: Vec<LifecycleThreshold>,
 }
@@ -35,7 +33,7 @@ impl AutomationCache {
         AutomationCache { store, entries: Mutex::new(HashMap::new()) }
     }
 
-    /// The tenant's rules and thresholds, from memory when fresh.
+    /// The tenant's thresholds, from memory when fresh.
     pub async fn get(&self, tenant: &str) -> Result<Arc<TenantAutomation>, StoreError> {
         if let Some((at, entry)) = self.entries.lock().ok().and_then(|m| m.get(tenant).cloned())
             && at.elapsed() < TTL
@@ -43,7 +41,6 @@ impl AutomationCache {
             return Ok(entry);
         }
         let entry = Arc::new(TenantAutomation {
-            rules: self.store.list_rules(tenant).await?,
             thresholds: self.store.list_lifecycle_thresholds(tenant).await?,
         });
         if let Ok(mut m) = self.entries.lock() {

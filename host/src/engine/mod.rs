@@ -8,14 +8,19 @@
 //! - [`rules`]: single-step rules (built-in event matchers, action execution
 //!   with retries). Multi-step workflows will replace them.
 //! - [`automation`]: per-tenant cache of rules and thresholds.
-//! - [`clock`]: system or manual time.
+//! - [`clock`]: re-export of [`crate::clock`] (system or manual time).
 
 pub mod automation;
-pub mod clock;
+/// The clock moved to [`crate::clock`] (the store uses it too); this path
+/// stays so `crate::engine::clock::Clock` keeps working.
+pub mod clock {
+    pub use crate::clock::*;
+}
 pub mod intake;
 pub mod pipeline;
-pub mod rules;
+pub mod actions;
+pub mod workflows;
 
-pub use clock::Clock;
+pub use crate::clock::Clock;
 pub use intake::{Intake, IntakeError};
 pub use pipeline::Pipeline;

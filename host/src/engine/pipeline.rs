@@ -9,16 +9,16 @@
 //! 2. a score that crosses a lifecycle threshold (e.g. MQL at 50) moves the
 //!    contact's stage and emits a `lifecycle_stage_changed` event, which goes
 //!    through the pipeline like any other;
-//! 3. triggers run: plugin triggers in wasm, rule event matchers natively;
-//! 4. each fired rule runs its action with an idempotency key
-//!    (`rule:<rule id>:<event id>:<contact id>`), the same on every retry.
+//! 3. the tenant's active workflows whose trigger the events match enroll
+//!    the contact: built-in triggers (event, property change, score
+//!    crossing) natively, plugin triggers in wasm. Enrolling only records a
+//!    durable run; the workflow runner does the steps.
 //!
 //! Then one transaction records last activity, scores, score history, stage
-//! changes with their `lifecycle_stage_changed` events, and
-//! marks the batch processed. A crash in between re-runs the batch after
-//! restart: scoring is idempotent, actions are deduplicated by key, a stage
-//! only moves forward. Multi-step workflows will hang off step 4 (enroll
-//! instead of execute).
+//! changes with their `lifecycle_stage_changed` events, and marks the batch
+//! processed. A crash in between re-runs the batch after restart: scoring is
+//! idempotent, a stage only moves forward, and enrollments are keyed by the
+//! event that caused them, so the store refuses a second one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::engine::automation::{AutomationCache, TenantAutomation};
 use crate::engine::clock::Clock;
-use crate::engine::rules;
+use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::{CallError, CallScope};
@@ -52,10 +52,6 @@ pub struct PipelineStats {
     pub scores_changed: AtomicU64,
     /// Lifecycle stage changes from thresholds.
     pub stage_changes: AtomicU64,
-    /// Rule actions that succeeded.
-    pub actions_ok: AtomicU64,
-    /// Rule actions that failed.
-    pub actions_failed: AtomicU64,
 }
 
 /// The pipeline.
@@ -65,20 +61,34 @@ pub struct Pipeline {
     clock: Clock,
     committed: Arc<Notify>,
     automation: AutomationCache,
+    workflows: Arc<Workflows>,
     /// Counters.
     pub stats: PipelineStats,
 }
 
 impl Pipeline {
-    /// A pipeline woken by `committed`.
-    pub fn new(store: Store, registry: Arc<Registry>, clock: Clock, committed: Arc<Notify>) -> Arc<Pipeline> {
+    /// A pipeline woken by `committed`, enrolling contacts in `workflows`.
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        clock: Clock,
+        committed: Arc<Notify>,
+        workflows: Arc<Workflows>,
+    ) -> Arc<Pipeline> {
         let automation = AutomationCache::new(store.clone());
-        Arc::new(Pipeline { store, registry, clock, committed, automation, stats: PipelineStats::default() })
+        let stats = PipelineStats::default();
+        Arc::new(Pipeline { store, registry, clock, committed, automation, workflows, stats })
     }
 
-    /// Rules and thresholds by tenant (the API invalidates entries it changes).
+    /// Lifecycle thresholds by tenant (the API invalidates entries it changes).
     pub fn automation(&self) -> &AutomationCache {
         &self.automation
+    }
+
+    /// Wake the pipeline: events were written outside intake (contact
+    /// changes through the API).
+    pub fn poke(&self) {
+        self.committed.notify_one();
     }
 
     /// The clock the pipeline uses.
@@ -202,6 +212,7 @@ impl Pipeline {
             egress: self.registry.runtime().egress.clone(),
             test_mode: false,
             now: self.clock.now(),
+            test_contact: None,
         }
     }
 
@@ -253,16 +264,15 @@ impl Pipeline {
             stage_change: None,
         };
         let (contact, score, stage) = self.score(tenant, contact, &installs.scorers, &history, automation).await?;
+        let score_change = score.as_ref().map(|(before, after, _)| (*before, *after));
         update.score = score;
         update.stage_change = stage;
-        for event in &events {
-            self.trigger(tenant, &contact, event, &installs.triggers, &history, automation).await?;
-        }
+        self.enroll(tenant, &contact, &events, score_change, &installs.triggers, &history).await?;
         Ok(update)
     }
 
     /// Run the scorers; the first scorer install sets the contact's score,
-    /// later ones set a `<plugin>_score` property (e.g. a health score).
+    /// later ones set a property named by [`score_property`] (e.g. `health_score`).
     async fn score(
         &self,
         tenant: &str,
@@ -297,11 +307,14 @@ impl Pipeline {
                             stage_change = self.cross_thresholds(&mut contact, before, automation).await?;
                         }
                     } else {
-                        let name = format!("{}_score", active.plugin.description.name.replace('-', "_"));
+                        let name = score_property(&active.plugin.description.name);
                         if contact.properties.get(&name) != Some(&Value::Number(value)) {
                             let props = BTreeMap::from([(name.clone(), Value::Number(value))]);
                             self.store.set_properties(tenant, &contact.id, &props).await?;
                             contact.properties.insert(name, Value::Number(value));
+                            // The change is a `property_changed` event: work
+                            // for a later round (e.g. a health-score trigger).
+                            self.committed.notify_one();
                         }
                     }
                 }
@@ -344,134 +357,88 @@ impl Pipeline {
         Ok(Some(StageChange { stage: target.stage.clone(), properties, at: self.clock.now() }))
     }
 
-    /// Evaluate plugin triggers and rule matchers for one event; run the
-    /// actions of every rule that fires.
-    async fn trigger(
+    /// Enroll the contact in every active workflow its events trigger:
+    /// built-in triggers natively, plugin triggers through their install.
+    async fn enroll(
         &self,
         tenant: &str,
         contact: &store::Contact,
-        event: &Event,
+        events: &[Event],
+        score: Option<(f64, f64)>,
         triggers: &[Arc<ActiveInstall>],
         history: &[Event],
-        automation: &TenantAutomation,
     ) -> Result<(), StoreError> {
-        let rules = &automation.rules;
-        if rules.is_empty() {
+        let active = self.workflows.active(tenant).await?;
+        if active.is_empty() {
             return Ok(());
         }
-        // Built-in matchers: no wasm involved.
-        for rule in rules.iter().filter(|r| r.enabled && r.trigger_install_id.is_none()) {
-            if rules::event_matches(rule, event) {
-                self.run_rule(tenant, rule, contact, event).await?;
-            }
-        }
-        // Plugin triggers that some enabled rule listens to.
-        for active in triggers {
-            let listening: Vec<&store::Rule> =
-                rules.iter().filter(|r| r.enabled && r.trigger_install_id.as_deref() == Some(active.id())).collect();
+        let candidates = enroll::match_events(&active, events, score);
+        self.workflows.enroll(tenant, contact, &candidates).await?;
+        for install in triggers {
+            let listening = enroll::plugin_triggered(&active, install.id());
             if listening.is_empty() {
                 continue;
             }
-            let input = ProjectedInput::build(&active.plugin, contact, history);
-            let invocation = store::new_id();
-            let result = self
-                .registry
-                .runtime()
-                .on_event(&active.plugin, self.scope(tenant, active), &active.config_text, &input, event, &invocation)
-                .await;
-            let enrollments = match result {
-                Ok(called) => {
-                    active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
-                    called.value
-                }
-                Err(e) => {
-                    self.record_failure(tenant, active, "on-event", Some(event), &e).await;
-                    continue;
-                }
-            };
-            for enrollment in enrollments {
-                // A trigger may only enroll contacts of its own tenant.
-                let target = if enrollment.contact_id == contact.id {
-                    Some(contact.clone())
-                } else {
-                    self.store.get_contact(tenant, &enrollment.contact_id).await?
-                };
-                let Some(target) = target else {
-                    tracing::info!(install = %active.id(), "trigger enrolled an unknown contact; ignored");
-                    continue;
-                };
-                for rule in &listening {
-                    self.run_rule(tenant, rule, &target, event).await?;
-                }
+            for event in events {
+                self.plugin_trigger(tenant, contact, event, install, history, &listening).await?;
             }
         }
         Ok(())
     }
 
-    async fn run_rule(
+    /// Ask a trigger install whom `event` enrolls; enroll them in the
+    /// workflows that listen to it.
+    async fn plugin_trigger(
         &self,
         tenant: &str,
-        rule: &store::Rule,
         contact: &store::Contact,
         event: &Event,
+        install: &Arc<ActiveInstall>,
+        history: &[Event],
+        listening: &[Arc<ActiveWorkflow>],
     ) -> Result<(), StoreError> {
-        let key = format!("rule:{}:{}:{}", rule.id, event.id, contact.id);
-        let Some(active) = self.registry.get(tenant, &rule.action_install_id) else {
-            tracing::warn!(rule = %rule.id, "rule action install is missing or not loaded");
-            return Ok(());
-        };
-        if !active.install.enabled {
-            return Ok(());
-        }
-        if !self.store.begin_action_run(tenant, &key).await? {
-            return Ok(()); // already done on an earlier attempt
-        }
-        let outcome = rules::execute_with_retries(
-            self.registry.runtime(),
-            &active,
-            self.scope(tenant, &active),
-            contact,
-            Some(event),
-            &key,
-        )
-        .await;
-        match outcome {
+        let input = ProjectedInput::build(&install.plugin, contact, history);
+        let invocation = store::new_id();
+        let result = self
+            .registry
+            .runtime()
+            .on_event(&install.plugin, self.scope(tenant, install), &install.config_text, &input, event, &invocation)
+            .await;
+        let enrollments = match result {
             Ok(called) => {
-                active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
-                self.stats.actions_ok.fetch_add(1, Ordering::Relaxed);
-                let output = serde_json::to_string(&called.value).ok();
-                self.store.finish_action_run(tenant, &key, true, output.as_deref()).await?;
-                // Successful actions are recorded too (they are rare next to
-                // events): the contact's timeline shows what automation did.
-                let record = store::InvocationRecord {
-                    id: store::new_id(),
-                    tenant_id: tenant.to_string(),
-                    install_id: active.install.id.clone(),
-                    kind: "execute".into(),
-                    contact_id: Some(contact.id.clone()),
-                    event_id: Some(event.id.clone()),
-                    ok: true,
-                    error_cause: None,
-                    error_message: None,
-                    fuel_used: Some(called.stats.fuel_used as i64),
-                    duration_us: called.stats.duration_us as i64,
-                    idempotency_key: Some(key.clone()),
-                    output_json: output,
-                    at: self.clock.now(),
-                };
-                if let Err(e) = self.store.record_invocation(&record).await {
-                    tracing::warn!("could not record an action run: {e}");
-                }
+                install.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                called.value
             }
             Err(e) => {
-                self.stats.actions_failed.fetch_add(1, Ordering::Relaxed);
-                self.record_failure(tenant, &active, "execute", Some(event), &e).await;
-                let error = serde_json::json!({"cause": e.cause.as_str(), "message": e.message}).to_string();
-                self.store.finish_action_run(tenant, &key, false, Some(&error)).await?;
+                self.record_failure(tenant, install, "on-event", Some(event), &e).await;
+                return Ok(());
             }
+        };
+        for enrollment in enrollments {
+            // A trigger may only enroll contacts of its own tenant.
+            let target = if enrollment.contact_id == contact.id {
+                Some(contact.clone())
+            } else {
+                self.store.get_contact(tenant, &enrollment.contact_id).await?
+            };
+            let Some(target) = target else {
+                tracing::info!(install = %install.id(), "trigger enrolled an unknown contact; ignored");
+                continue;
+            };
+            let key = format!("trigger:{}:{}", install.id(), event.id);
+            let candidates: Vec<_> =
+                listening.iter().map(|wf| enroll::candidate(wf, key.clone(), Some(&event.id))).collect();
+            self.workflows.enroll(tenant, &target, &candidates).await?;
         }
         Ok(())
     }
+}
+
+/// The property a second (third, …) scorer writes: `health-scorer` →
+/// `health_score`, `churn-model` → `churn_model_score`.
+pub fn score_property(plugin: &str) -> String {
+    let stem = plugin.strip_suffix("-scorer").unwrap_or(plugin);
+    format!("{}_score", stem.replace('-', "_"))
 }
 
 /// Keep a finished contact's update; a contact that failed is logged and

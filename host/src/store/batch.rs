@@ -14,9 +14,9 @@ use sqlx::Row;
 
 use crate::store::contacts::{CONTACT_COLUMNS, MAX_REASONS, contact_from_row, load_tags};
 use crate::store::error::{Result, StoreError};
+use crate::store::events::insert_system_event;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
-use crate::store::value::encode_properties;
-use crate::store::{Backend, Contact, Event, Properties, Store, new_id, now_ms};
+use crate::store::{Backend, Contact, Event, Properties, Store, new_id};
 
 /// What the pipeline learned about one contact in a batch.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ impl Store {
     /// transaction: either all of it is recorded or none (and the batch is
     /// processed again).
     pub async fn finish_batch(&self, updates: &[ContactUpdate], processed: &[String]) -> Result<()> {
-        let at = now_ms();
+        let at = self.now();
         let mut tx = self.begin_write().await?;
         for u in updates {
             if let Some(t) = u.last_activity_at {
@@ -210,17 +210,14 @@ impl Store {
             if moved.rows_affected() == 0 {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO events (id, tenant_id, contact_id, kind, occurred_at, properties, received_at) \
-                 VALUES ($1, $2, $3, 'lifecycle_stage_changed', $4, $5, $6)",
+            insert_system_event(
+                &mut tx,
+                &u.tenant_id,
+                &u.contact_id,
+                "lifecycle_stage_changed",
+                &change.properties,
+                change.at,
             )
-            .bind(new_id())
-            .bind(&u.tenant_id)
-            .bind(&u.contact_id)
-            .bind(change.at)
-            .bind(encode_properties(&change.properties)?)
-            .bind(at)
-            .execute(&mut *tx)
             .await?;
         }
         for chunk in processed.chunks(MAX_IN_LIST) {

@@ -5,17 +5,33 @@
 //! `Ann@Example.com` and `ann@example.com` are one contact (as HubSpot does).
 //! Tags live in their own table so that "every contact tagged X" is an index
 //! lookup.
+//!
+//! ## Change events
+//! So that workflows can trigger on what happens to a contact, changes are
+//! recorded as events in the transaction that makes them (unprocessed, so
+//! the pipeline picks them up): `contact_created` (with the contact's
+//! `source` property when it has one), one `property_changed` per property
+//! whose value changed (`name`, `from`, `to`; `null` for absent; the core
+//! fields `email`, `phone`, `first_name`, `last_name` and `owner` count, by
+//! those names), and `lifecycle_stage_changed` (`from`, `to`) for the stage.
+//! Writing a value a property already has records nothing, so a workflow
+//! that sets a property cannot trigger itself forever. Tags and the score
+//! are not properties and record no event here (score changes have their
+//! own history).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::store::error::{Result, StoreError, is_unique_violation};
+use crate::store::events::insert_system_event;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params, page_limit};
-use crate::store::value::{Properties, Value, decode_properties, encode_properties, merge_properties};
-use crate::store::{Backend, Page, Store, new_id, now_ms};
+use crate::store::value::{
+    MAX_PROPERTIES_BYTES, Properties, Value, decode_properties, encode_properties, merge_properties,
+};
+use crate::store::{Backend, Page, Store, new_id};
 
 /// The lifecycle stage of a contact nobody has qualified yet.
 pub const DEFAULT_STAGE: &str = "lead";
@@ -406,10 +422,95 @@ fn set_core_field(c: &mut Contact, name: &str, value: &Value) -> Result<bool> {
     Ok(true)
 }
 
+/// Kind of the event recorded when a contact is created.
+const CONTACT_CREATED: &str = "contact_created";
+/// Kind of the event recorded for each changed property.
+const PROPERTY_CHANGED: &str = "property_changed";
+/// Kind of the event recorded when the lifecycle stage changes (the same
+/// kind the pipeline records when a score crosses a threshold).
+const LIFECYCLE_STAGE_CHANGED: &str = "lifecycle_stage_changed";
+
+/// Reads one core text field of a contact.
+type TextField = fn(&Contact) -> &Option<String>;
+
+/// The core text fields that count as properties in change events, by name.
+const CORE_TEXT_FIELDS: [(&str, TextField); 5] = [
+    ("email", |c| &c.email),
+    ("phone", |c| &c.phone),
+    ("first_name", |c| &c.first_name),
+    ("last_name", |c| &c.last_name),
+    ("owner", |c| &c.owner),
+];
+
+fn text_or_null(v: &Option<String>) -> Value {
+    v.as_ref().map_or(Value::Null, |s| Value::Text(s.clone()))
+}
+
+/// The properties of a `property_changed` event. One value may be nearly as
+/// large as a contact's whole property limit, so `from` and `to` together
+/// can outgrow what one event may carry: then the old value is left out
+/// (and, should that not do, the new one), with `truncated: true`, rather
+/// than refusing a change that is itself within limits.
+fn property_changed(name: &str, from: Value, to: Value) -> Properties {
+    let too_big = |p: &Properties| serde_json::to_string(p).map_or(true, |j| j.len() > MAX_PROPERTIES_BYTES);
+    let mut p = Properties::from([
+        ("name".to_owned(), Value::Text(name.to_owned())),
+        ("from".to_owned(), from),
+        ("to".to_owned(), to),
+    ]);
+    for drop in ["from", "to"] {
+        if !too_big(&p) {
+            break;
+        }
+        p.insert(drop.to_owned(), Value::Null);
+        p.insert("truncated".to_owned(), Value::Bool(true));
+    }
+    p
+}
+
+/// The events that record how `before` became `after` (see the module
+/// docs): kind and properties, core fields first, then the stage, then
+/// custom properties by name.
+fn change_events(before: &Contact, after: &Contact) -> Vec<(&'static str, Properties)> {
+    let mut out = Vec::new();
+    for (name, field) in CORE_TEXT_FIELDS {
+        if field(before) != field(after) {
+            out.push((
+                PROPERTY_CHANGED,
+                property_changed(name, text_or_null(field(before)), text_or_null(field(after))),
+            ));
+        }
+    }
+    if before.lifecycle_stage != after.lifecycle_stage {
+        out.push((LIFECYCLE_STAGE_CHANGED, stage_changed(&before.lifecycle_stage, &after.lifecycle_stage)));
+    }
+    let names: BTreeSet<&String> = before.properties.keys().chain(after.properties.keys()).collect();
+    for name in names {
+        let (old, new) = (before.properties.get(name), after.properties.get(name));
+        if old != new {
+            let value = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
+            out.push((PROPERTY_CHANGED, property_changed(name, value(old), value(new))));
+        }
+    }
+    out
+}
+
+fn stage_changed(from: &str, to: &str) -> Properties {
+    Properties::from([("from".to_owned(), Value::Text(from.to_owned())), ("to".to_owned(), Value::Text(to.to_owned()))])
+}
+
+/// Record the change events of `before` → `after` at `after.updated_at`.
+async fn record_changes(conn: &mut AnyConnection, before: &Contact, after: &Contact) -> Result<()> {
+    for (kind, props) in change_events(before, after) {
+        insert_system_event(conn, &after.tenant_id, &after.id, kind, &props, after.updated_at).await?;
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Create a contact in `tenant`.
+    /// Create a contact in `tenant`, with a `contact_created` event.
     pub async fn create_contact(&self, tenant: &str, new: NewContact) -> Result<Contact> {
-        let now = now_ms();
+        let now = self.now();
         let mut properties = new.properties;
         properties.retain(|_, v| *v != Value::Null);
         let contact = Contact {
@@ -462,6 +563,11 @@ impl Store {
             other => other?,
         };
         insert_tags(&mut tx, self.backend, tenant, &contact.id, &contact.tags).await?;
+        let mut created = Properties::new();
+        if let Some(source) = contact.properties.get("source") {
+            created.insert("source".to_owned(), source.clone());
+        }
+        insert_system_event(&mut tx, tenant, &contact.id, CONTACT_CREATED, &created, now).await?;
         tx.commit().await?;
         Ok(contact)
     }
@@ -492,10 +598,13 @@ impl Store {
         Ok(Some(c))
     }
 
-    /// Apply `patch` to contact `id`; `None` when it does not exist in `tenant`.
+    /// Apply `patch` to contact `id`, recording a change event per changed
+    /// property (see the module docs); `None` when it does not exist in
+    /// `tenant`.
     pub async fn patch_contact(&self, tenant: &str, id: &str, patch: ContactPatch) -> Result<Option<Contact>> {
         let mut tx = self.begin_write().await?;
         let Some(mut c) = select_contact(&mut tx, tenant, id, self.for_update()).await? else { return Ok(None) };
+        let before = c.clone();
         if let Some(v) = patch.email {
             c.email = clean_email(v.as_deref())?;
         }
@@ -525,8 +634,9 @@ impl Store {
         if let Some(p) = &patch.properties {
             merge_properties(&mut c.properties, p);
         }
-        c.updated_at = now_ms();
+        c.updated_at = self.now();
         update_contact_row(&mut tx, &c).await?;
+        record_changes(&mut tx, &before, &c).await?;
         if let Some(tags) = &patch.tags {
             replace_tags(&mut tx, self.backend, tenant, id, &clean_tags(tags)?).await?;
         }
@@ -600,10 +710,13 @@ impl Store {
     /// Set properties of contact `id`. `null` deletes a custom property. The
     /// names `email`, `phone`, `first_name`, `last_name`, `owner` and
     /// `lifecycle_stage` write those fields instead (text, or `null` to clear
-    /// all but the stage). False when the contact does not exist.
+    /// all but the stage). A change event is recorded per property whose
+    /// value changed (see the module docs). False when the contact does not
+    /// exist.
     pub async fn set_properties(&self, tenant: &str, id: &str, props: &Properties) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let Some(mut c) = select_contact(&mut tx, tenant, id, self.for_update()).await? else { return Ok(false) };
+        let before = c.clone();
         for (name, value) in props {
             if !set_core_field(&mut c, name, value)? {
                 match value {
@@ -612,8 +725,9 @@ impl Store {
                 };
             }
         }
-        c.updated_at = now_ms();
+        c.updated_at = self.now();
         update_contact_row(&mut tx, &c).await?;
+        record_changes(&mut tx, &before, &c).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -623,7 +737,7 @@ impl Store {
     pub async fn add_tag(&self, tenant: &str, id: &str, tag: &str) -> Result<bool> {
         let tag = clean_tag(tag)?;
         let mut tx = self.begin_write().await?;
-        if !touch_updated(&mut tx, tenant, id).await? {
+        if !touch_updated(&mut tx, tenant, id, self.now()).await? {
             return Ok(false);
         }
         let count = sqlx::query("SELECT COUNT(*) AS n FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2")
@@ -651,7 +765,7 @@ impl Store {
     /// False when the contact does not exist.
     pub async fn remove_tag(&self, tenant: &str, id: &str, tag: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        if !touch_updated(&mut tx, tenant, id).await? {
+        if !touch_updated(&mut tx, tenant, id, self.now()).await? {
             return Ok(false);
         }
         sqlx::query("DELETE FROM contact_tags WHERE tenant_id = $1 AND contact_id = $2 AND tag = $3")
@@ -691,7 +805,7 @@ impl Store {
             old_score: old,
             new_score: score,
             reasons,
-            at: now_ms(),
+            at: self.now(),
         };
         sqlx::query("UPDATE contacts SET score = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
@@ -717,8 +831,9 @@ impl Store {
         Ok(Some(change))
     }
 
-    /// Move contact `id` to `stage`; returns the stage it had, or `None` when
-    /// the contact does not exist.
+    /// Move contact `id` to `stage`, with a `lifecycle_stage_changed` event
+    /// when that is a change; returns the stage it had, or `None` when the
+    /// contact does not exist.
     pub async fn set_lifecycle_stage(&self, tenant: &str, id: &str, stage: &str) -> Result<Option<String>> {
         let stage = clean_stage(stage)?;
         let mut tx = self.begin_write().await?;
@@ -732,13 +847,18 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let old: String = row.try_get("lifecycle_stage")?;
+        let now = self.now();
         sqlx::query("UPDATE contacts SET lifecycle_stage = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
             .bind(&stage)
-            .bind(now_ms())
+            .bind(now)
             .execute(&mut *tx)
             .await?;
+        if old != stage {
+            insert_system_event(&mut tx, tenant, id, LIFECYCLE_STAGE_CHANGED, &stage_changed(&old, &stage), now)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Some(old))
     }
@@ -785,12 +905,12 @@ pub(crate) fn score_change_from_row(row: &AnyRow) -> Result<ScoreChange> {
     })
 }
 
-/// Bump `updated_at` of contact `id`; false when it does not exist.
-async fn touch_updated(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<bool> {
+/// Set `updated_at` of contact `id` to `now`; false when it does not exist.
+async fn touch_updated(conn: &mut AnyConnection, tenant: &str, id: &str, now: i64) -> Result<bool> {
     let done = sqlx::query("UPDATE contacts SET updated_at = $3 WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(id)
-        .bind(now_ms())
+        .bind(now)
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected() > 0)

@@ -14,7 +14,7 @@ use crate::store::contacts::{clean_text, company_exists, contact_exists, nullabl
 use crate::store::error::{Result, StoreError};
 use crate::store::sql::{Arg, Builder, page_limit};
 use crate::store::value::{Properties, Value, decode_properties, encode_properties, merge_properties};
-use crate::store::{Page, Store, new_id, now_ms};
+use crate::store::{Page, Store, new_id};
 
 /// Longest name of a company or deal, and longest task title.
 const MAX_NAME: usize = 500;
@@ -385,7 +385,7 @@ impl Store {
 
     /// Create a company.
     pub async fn create_company(&self, tenant: &str, new: NewCompany) -> Result<Company> {
-        let now = now_ms();
+        let now = self.now();
         let c = Company {
             id: new_id(),
             name: required("name", &new.name, MAX_NAME)?,
@@ -457,7 +457,7 @@ impl Store {
         if let Some(p) = &patch.properties {
             merge_properties(&mut c.properties, p);
         }
-        c.updated_at = now_ms();
+        c.updated_at = self.now();
         let props = encode_properties(&c.properties)?;
         sqlx::query(
             "UPDATE companies SET name = $3, domain = $4, properties = $5, updated_at = $6 \
@@ -489,7 +489,7 @@ impl Store {
 
     /// Create a deal; its contact and company must exist in `tenant`.
     pub async fn create_deal(&self, tenant: &str, new: NewDeal) -> Result<Deal> {
-        let now = now_ms();
+        let now = self.now();
         let d = Deal {
             id: new_id(),
             name: required("name", &new.name, MAX_NAME)?,
@@ -597,7 +597,7 @@ impl Store {
         if let Some(p) = &patch.properties {
             merge_properties(&mut d.properties, p);
         }
-        d.updated_at = now_ms();
+        d.updated_at = self.now();
         let props = encode_properties(&d.properties)?;
         sqlx::query(
             "UPDATE deals SET name = $3, stage = $4, amount = $5, contact_id = $6, company_id = $7, \
@@ -636,7 +636,7 @@ impl Store {
     /// already has a task with the same idempotency key, that task comes back
     /// with `false`. `None` when `contact_id` names no contact of `tenant`.
     pub async fn create_task(&self, tenant: &str, new: NewTask, created_by: &str) -> Result<Option<(Task, bool)>> {
-        let now = now_ms();
+        let now = self.now();
         let task = Task {
             id: new_id(),
             contact_id: new.contact_id,
@@ -740,7 +740,7 @@ impl Store {
         if let Some(s) = &patch.status {
             t.status = clean_status(s)?;
         }
-        t.updated_at = now_ms();
+        t.updated_at = self.now();
         sqlx::query(
             "UPDATE tasks SET title = $3, assignee = $4, due_at = $5, status = $6, updated_at = $7 \
              WHERE tenant_id = $1 AND id = $2",
@@ -776,7 +776,7 @@ impl Store {
             return Err(StoreError::Invalid(format!("a note is 1 to {} KiB of text", MAX_NOTE >> 10)));
         }
         let note =
-            Note { id: new_id(), contact_id: contact_id.to_owned(), body: body.to_owned(), created_at: now_ms() };
+            Note { id: new_id(), contact_id: contact_id.to_owned(), body: body.to_owned(), created_at: self.now() };
         // Insert only when the contact exists in this tenant, in one statement.
         let done = sqlx::query(
             "INSERT INTO notes (id, tenant_id, contact_id, body, created_at) \

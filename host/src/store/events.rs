@@ -1,6 +1,11 @@
 //! The event log: durable ingest, the pipeline's queue, reads for scorers and
 //! triggers, and the contact timeline.
 //!
+//! Besides the events callers send, the store records events of its own for
+//! changes it makes (`contact_created`, `property_changed`,
+//! `lifecycle_stage_changed`), in the transaction of the change, so that
+//! workflows can trigger on them (see `insert_system_event`).
+//!
 //! ## Ingest cost
 //! [`Store::insert_events`] is the hot path of `POST /v1/events`: an event is
 //! durable before the API answers. A whole batch is one transaction, and the
@@ -48,6 +53,7 @@ use crate::store::contacts::{DEFAULT_STAGE, ScoreChange, clean_email, score_chan
 use crate::store::crm::{NOTE_COLUMNS, Note, TASK_COLUMNS, Task, note_from_row, task_from_row};
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{INVOCATION_COLUMNS, InvocationRecord, invocation_from_row};
+use crate::store::runs::{RUN_STEP_COLUMNS, RunStep, run_step_from_row};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_ROWS_PER_INSERT, Params, pow2_chunks};
 use crate::store::value::{Properties, decode_properties, encode_properties};
 use crate::store::{Backend, Store, new_id, now_ms};
@@ -131,6 +137,8 @@ pub enum TimelineEntry {
     ScoreChange(ScoreChange),
     /// A plugin action run on the contact.
     ActionRun(InvocationRecord),
+    /// A step of a workflow run on the contact.
+    WorkflowStep(RunStep),
 }
 
 impl TimelineEntry {
@@ -142,6 +150,7 @@ impl TimelineEntry {
             TimelineEntry::Task(t) => t.created_at,
             TimelineEntry::ScoreChange(s) => s.at,
             TimelineEntry::ActionRun(r) => r.at,
+            TimelineEntry::WorkflowStep(s) => s.started_at,
         }
     }
 
@@ -152,6 +161,7 @@ impl TimelineEntry {
             TimelineEntry::Task(t) => &t.id,
             TimelineEntry::ScoreChange(s) => &s.id,
             TimelineEntry::ActionRun(r) => &r.id,
+            TimelineEntry::WorkflowStep(s) => &s.id,
         }
     }
 }
@@ -243,6 +253,36 @@ pub(crate) fn event_from_row(row: &AnyRow) -> Result<Event> {
         received_at: row.try_get("received_at")?,
         processed: sql::get_bool(row, "processed")?,
     })
+}
+
+/// Record an event the store emits itself (`contact_created`,
+/// `property_changed`, `lifecycle_stage_changed`) about contact `contact_id`,
+/// occurred and received at `at`, inside the caller's transaction: it
+/// commits or rolls back with the change it reports, and is inserted
+/// unprocessed, so the pipeline (scorers, workflow triggers) handles it like
+/// any other event.
+pub(crate) async fn insert_system_event(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    contact_id: &str,
+    kind: &str,
+    properties: &Properties,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, tenant_id, contact_id, kind, occurred_at, properties, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new_id())
+    .bind(tenant)
+    .bind(contact_id)
+    .bind(kind)
+    .bind(at)
+    .bind(encode_properties(properties)?)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Map each of `values` that exists in `column` of `table` (within `tenant`
@@ -381,7 +421,9 @@ impl Store {
     /// fails alone; the others are committed. The outer error means the
     /// transaction itself failed and nothing was recorded.
     pub async fn insert_events_many(&self, batches: Vec<(String, Vec<NewEvent>)>) -> Result<Vec<Result<Vec<Event>>>> {
-        let now = now_ms();
+        // Business time: `received_at`, the default `occurred_at`, and the
+        // creation time of contacts created for email-only events.
+        let now = self.now();
         let mut reqs: Vec<Request> = batches
             .into_iter()
             .map(|(tenant, events)| match prepare(events, now) {
@@ -570,6 +612,8 @@ impl Store {
     /// [`CLAIM_LEASE_MS`]; each comes with its tenant id. Events claimed by
     /// another worker whose lease has not expired are skipped.
     pub async fn claim_unprocessed_events(&self, limit: i64) -> Result<Vec<(String, Event)>> {
+        // Real time, not the store's clock: a lease says whether the worker
+        // that claimed the event is still alive.
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -677,7 +721,8 @@ impl Store {
     }
 
     /// The history of contact `contact_id`, newest first: events, notes,
-    /// tasks, score changes and plugin action runs, at most `limit` entries.
+    /// tasks, score changes, plugin action runs and workflow steps, at most
+    /// `limit` entries.
     /// `None` when the contact does not exist in `tenant`.
     pub async fn timeline(&self, tenant: &str, contact_id: &str, limit: u32) -> Result<Option<Vec<TimelineEntry>>> {
         let limit = sql::page_limit(limit);
@@ -698,6 +743,7 @@ impl Store {
             per_contact(TASK_COLUMNS, "tasks", "created_at", ""),
             per_contact("id, contact_id, old_score, new_score, reasons, at", "score_changes", "at", ""),
             per_contact(INVOCATION_COLUMNS, "invocations", "at", " AND kind = 'execute'"),
+            per_contact(RUN_STEP_COLUMNS, "run_steps", "started_at", ""),
         ];
         for (n, sql) in queries.iter().enumerate() {
             let rows = sqlx::query(sql).bind(tenant).bind(contact_id).bind(limit).fetch_all(&mut *conn).await?;
@@ -707,7 +753,8 @@ impl Store {
                     1 => TimelineEntry::Note(note_from_row(row)?),
                     2 => TimelineEntry::Task(task_from_row(row)?),
                     3 => TimelineEntry::ScoreChange(score_change_from_row(row)?),
-                    _ => TimelineEntry::ActionRun(invocation_from_row(row)?),
+                    4 => TimelineEntry::ActionRun(invocation_from_row(row)?),
+                    _ => TimelineEntry::WorkflowStep(run_step_from_row(row)?),
                 });
             }
         }

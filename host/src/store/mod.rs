@@ -1,12 +1,20 @@
 //! The customer store: tenants and their API keys, contacts, companies,
 //! deals, tasks, notes, the event log and pipeline queue, plugin versions,
-//! installs and their state, rules, score thresholds, and the history of
-//! plugin calls, over sqlx on SQLite (the embedded default, one file) or
+//! installs and their state, rules, score thresholds, the history of plugin
+//! calls, and versioned workflows with their durable runs, over sqlx on SQLite (the embedded default, one file) or
 //! PostgreSQL (several host processes sharing one database).
 //!
 //! Every function that touches tenant data takes the tenant id and filters on
 //! it, so an id of another tenant behaves exactly like an id that does not
 //! exist: lookups return `None`, mutations `false` or `None`.
+//!
+//! ## Time
+//! Business times the store writes (`created_at`, `updated_at`, event times,
+//! task, note and score-change times) come from the store's [`Clock`]
+//! ([`Store::with_clock`]), so a test or the demo running on a manual clock
+//! sees one consistent time. Leases on claimed work (events, runs,
+//! schedules) use the system clock ([`now_ms`]) whatever the clock: they say
+//! whether a worker process is still alive, which business time cannot.
 //!
 //! ## Layout
 //! - this file: [`Store`], opening a database, backend detection, migrations,
@@ -15,7 +23,8 @@
 //! - `value`: [`Value`] and [`Properties`], typed property values and their JSON.
 //! - `sql`: placeholders, chunking and row helpers shared by the queries.
 //! - `tenants`: tenants and hashed API keys.
-//! - `contacts`: contacts, tags, score and lifecycle stage.
+//! - `contacts`: contacts, tags, score and lifecycle stage; the events their
+//!   changes emit (`contact_created`, `property_changed`, ...).
 //! - `crm`: companies, deals, tasks and notes.
 //! - `events`: durable event ingest (batches, group commit), the pipeline
 //!   queue, event reads and the contact timeline.
@@ -24,6 +33,9 @@
 //!   score thresholds.
 //! - `batch`: batched reads and one-transaction writes for the pipeline.
 //! - `invocations`: recorded plugin calls and action-run idempotency.
+//! - `workflows`: versioned workflow definitions, activation, due schedules.
+//! - `runs`: workflow runs (enrollment rules, due timers, progress, retries)
+//!   and their step records.
 //! - [`testing`]: throwaway SQLite files and PostgreSQL databases for tests.
 //!
 //! ## Why sqlx's `Any` driver
@@ -46,11 +58,13 @@ mod error;
 mod events;
 mod invocations;
 mod plugins;
+mod runs;
 mod sql;
 mod tenants;
 #[doc(hidden)]
 pub mod testing;
 mod value;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +73,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+
+use crate::clock::Clock;
 
 pub use automation::{LifecycleThreshold, NewRule, Rule};
 pub use batch::{ContactUpdate, StageChange};
@@ -73,8 +89,10 @@ pub use events::{
 };
 pub use invocations::{ActionRun, InvocationCounts, InvocationRecord, MAX_ERROR_MESSAGE, MAX_OUTPUT_JSON};
 pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
-pub use tenants::{KEY_PREFIX, Principal, Tenant};
+pub use runs::{EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep};
+pub use tenants::{KEY_PREFIX, MAX_TIME_ZONE, Principal, Tenant};
 pub use value::{MAX_PROPERTIES_BYTES, MAX_PROPERTY_NAME, Properties, TIMESTAMP_KEY, Value, merge_properties};
+pub use workflows::{MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME, Workflow, WorkflowVersion};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -124,7 +142,8 @@ impl Backend {
 /// One page of a list, with the cursor for the next one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
-    /// The items of this page, in id (creation) order.
+    /// The items of this page, in the list's order (id, that is creation,
+    /// order unless the list call says otherwise).
     pub items: Vec<T>,
     /// Pass this as `cursor` to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
@@ -135,6 +154,9 @@ pub struct Page<T> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Business time (see the module docs); the system clock unless
+    /// [`Store::with_clock`] says otherwise.
+    clock: Clock,
     /// SQLite's background checkpointer, stopped when the last clone goes.
     _checkpointer: Option<Arc<AbortOnDrop>>,
 }
@@ -154,7 +176,8 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Now, in epoch milliseconds.
+/// Now by the system clock, in epoch milliseconds. Business times use
+/// [`Store::now`] instead; this is for leases and anything about real time.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -177,7 +200,7 @@ impl Store {
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
-                Ok(Store { pool, backend: Backend::Postgres, _checkpointer: None })
+                Ok(Store { pool, backend: Backend::Postgres, clock: Clock::System, _checkpointer: None })
             }
             Backend::Sqlite => Self::open_sqlite(url).await,
         }
@@ -215,13 +238,35 @@ impl Store {
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
         let checkpointer = (!in_memory).then(|| Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone())))));
-        let store = Store { pool, backend: Backend::Sqlite, _checkpointer: checkpointer };
+        let store = Store { pool, backend: Backend::Sqlite, clock: Clock::System, _checkpointer: checkpointer };
         // One process owns a SQLite file, so claims left by a previous run of
-        // this process are stale: make those events claimable right away.
-        sqlx::query("UPDATE events SET lease_until = NULL WHERE processed = 0 AND lease_until IS NOT NULL")
-            .execute(&store.pool)
-            .await?;
+        // this process are stale: make those events, runs and schedules
+        // claimable right away.
+        for stale in [
+            "UPDATE events SET lease_until = NULL WHERE processed = 0 AND lease_until IS NOT NULL",
+            "UPDATE workflow_runs SET lease_until = NULL WHERE status = 'waiting' AND lease_until IS NOT NULL",
+            "UPDATE workflows SET schedule_lease_until = NULL WHERE schedule_lease_until IS NOT NULL",
+        ] {
+            sqlx::query(stale).execute(&store.pool).await?;
+        }
         Ok(store)
+    }
+
+    /// This store with `clock` as its business time (for a manual clock in
+    /// tests and the demo; the engine should be given the same clock).
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's business clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Business time now, epoch ms (see the module docs).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// Which database this store talks to.

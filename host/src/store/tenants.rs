@@ -1,4 +1,5 @@
-//! Tenants and API keys.
+//! Tenants (with the time zone their calendar delays and schedules use) and
+//! API keys.
 //!
 //! A key is `cairn_` followed by 32 random bytes in hex. Only its SHA-256 is
 //! stored, so a copy of the database does not hand out working keys; a key is
@@ -7,16 +8,21 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq;
 
 use crate::store::error::{Result, StoreError};
-use crate::store::{Store, new_id, now_ms};
+use crate::store::{Store, new_id};
 
 /// Longest tenant name.
 const MAX_TENANT_NAME: usize = 200;
 /// Longest key accepted by [`Store::authenticate`]: a bearer header of
 /// megabytes should not cost a hash of megabytes.
 const MAX_KEY_LEN: usize = 512;
+/// Longest time zone name (the longest IANA names are about 30 bytes).
+pub const MAX_TIME_ZONE: usize = 64;
+/// The time zone of a new tenant.
+const DEFAULT_TIME_ZONE: &str = "UTC";
 /// The prefix of generated keys (lets secret scanners recognise leaked keys).
 pub const KEY_PREFIX: &str = "cairn_";
 
@@ -27,8 +33,22 @@ pub struct Tenant {
     pub id: String,
     /// Display name.
     pub name: String,
+    /// IANA time zone name (`UTC`, `Europe/Berlin`, ...) for calendar delays
+    /// and schedules; `UTC` until set.
+    pub time_zone: String,
     /// Creation time, epoch ms.
     pub created_at: i64,
+}
+
+const TENANT_COLUMNS: &str = "id, name, time_zone, created_at";
+
+fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        time_zone: r.try_get("time_zone")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 /// Who an API key speaks for.
@@ -47,16 +67,22 @@ fn key_hash(key: &str) -> String {
 }
 
 impl Store {
-    /// Create a tenant.
+    /// Create a tenant (time zone `UTC`; see [`Store::set_tenant_time_zone`]).
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
         let name = name.trim();
         if name.is_empty() || name.len() > MAX_TENANT_NAME {
             return Err(StoreError::Invalid(format!("a tenant name is 1 to {MAX_TENANT_NAME} bytes")));
         }
-        let tenant = Tenant { id: new_id(), name: name.to_owned(), created_at: now_ms() };
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+        let tenant = Tenant {
+            id: new_id(),
+            name: name.to_owned(),
+            time_zone: DEFAULT_TIME_ZONE.to_owned(),
+            created_at: self.now(),
+        };
+        sqlx::query("INSERT INTO tenants (id, name, time_zone, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&tenant.id)
             .bind(&tenant.name)
+            .bind(&tenant.time_zone)
             .bind(tenant.created_at)
             .execute(&self.pool)
             .await?;
@@ -65,22 +91,34 @@ impl Store {
 
     /// A tenant by id.
     pub async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, created_at: r.try_get("created_at")? }))
-            .transpose()
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Set the time zone of tenant `id` (an IANA name; the caller checks that
+    /// it names a real zone, the store only that it is 1 to
+    /// [`MAX_TIME_ZONE`] bytes). False when the tenant does not exist.
+    pub async fn set_tenant_time_zone(&self, id: &str, tz: &str) -> Result<bool> {
+        let tz = tz.trim();
+        if tz.is_empty() || tz.len() > MAX_TIME_ZONE {
+            return Err(StoreError::Invalid(format!("a time zone name is 1 to {MAX_TIME_ZONE} bytes")));
+        }
+        let done = sqlx::query("UPDATE tenants SET time_zone = $2 WHERE id = $1")
+            .bind(id)
+            .bind(tz)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Every tenant, oldest first.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, created_at: r.try_get("created_at")? })
-            })
-            .collect()
+        let rows =
+            sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")).fetch_all(&self.pool).await?;
+        rows.iter().map(tenant_from_row).collect()
     }
 
     /// Generate a new API key for `principal`, store its hash, and return the
@@ -114,7 +152,7 @@ impl Store {
         )
         .bind(&hash)
         .bind(tenant)
-        .bind(now_ms())
+        .bind(self.now())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 && self.authenticate(key).await?.as_ref() != Some(principal) {

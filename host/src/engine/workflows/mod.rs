@@ -1,0 +1,287 @@
+//! Durable multi-step workflows: the heart of the automation.
+//!
+//! A workflow is a versioned JSON definition (see [`definition`]): a trigger,
+//! enrollment rules, goals and steps. When its trigger fires for a contact,
+//! the contact enrolls: the store records a *run* with a cursor (the next
+//! step's id) and a due time. The runner claims due runs and advances each
+//! until it must wait (a delay, or a retry backoff) or ends. Everything a run
+//! needs to continue is in the store, so a run waiting five days survives any
+//! number of restarts and fires on time after one; a run always finishes on
+//! the version it enrolled on.
+//!
+//! ## Layout
+//! - [`definition`]: the JSON document, parsing, and checks that need only it.
+//! - [`validate`]: checks against the tenant's installs (exists, right kind,
+//!   step config valid for the plugin's schema).
+//! - [`program`]: a definition compiled to "step id → what comes next".
+//! - [`condition`]: evaluating conditions on a contact.
+//! - [`time`]: calendar arithmetic for delays and schedules, in the tenant's
+//!   time zone.
+//! - [`enroll`]: trigger matching for the pipeline, schedules, enrollment.
+//! - [`runner`]: advancing a run: steps, retries with backoff, goals.
+//! - [`dry_run`]: walking a definition on a sample contact in test mode.
+//! - this file: [`Workflows`], the service (caches, loop, counters).
+
+pub mod condition;
+pub mod definition;
+pub mod dry_run;
+pub mod enroll;
+pub mod program;
+pub mod runner;
+pub mod time;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+use program::Program;
+
+/// Runs claimed per round.
+const CLAIM: i64 = 256;
+/// Runs advanced concurrently.
+const CONCURRENT_RUNS: usize = 16;
+/// How long the tenant's active workflows are trusted without an
+/// invalidation (another process may have activated one).
+const ACTIVE_TTL: Duration = Duration::from_secs(1);
+/// How long a tenant's time zone is cached.
+const ZONE_TTL: Duration = Duration::from_secs(30);
+/// Compiled versions kept in memory; versions are immutable, so the cache
+/// is only bounded, never invalidated.
+const MAX_PROGRAMS: usize = 10_000;
+
+/// One active workflow of a tenant.
+#[derive(Debug)]
+pub struct ActiveWorkflow {
+    /// Workflow id.
+    pub id: String,
+    /// The active version.
+    pub version: i64,
+    /// Its compiled definition.
+    pub program: Arc<Program>,
+}
+
+/// Counters for `/metrics` and the benchmark.
+#[derive(Debug, Default)]
+pub struct WorkflowStats {
+    /// Contacts enrolled.
+    pub enrolled: AtomicU64,
+    /// Enrollments refused by enrollment rules.
+    pub enroll_refused: AtomicU64,
+    /// Steps that completed.
+    pub steps_ok: AtomicU64,
+    /// Step attempts that failed (retried or not).
+    pub steps_failed: AtomicU64,
+    /// Runs that reached their end.
+    pub runs_completed: AtomicU64,
+    /// Runs that failed.
+    pub runs_failed: AtomicU64,
+    /// Runs ended early by a goal.
+    pub goals_met: AtomicU64,
+}
+
+/// A tenant's active workflows, and when they were read.
+type ActiveEntry = (Instant, Arc<Vec<Arc<ActiveWorkflow>>>);
+
+/// The workflow service.
+pub struct Workflows {
+    store: Store,
+    registry: Arc<Registry>,
+    clock: Clock,
+    wake: Notify,
+    /// The pipeline's wake-up: a step that changed the contact wrote
+    /// `property_changed` events for it.
+    committed: Arc<Notify>,
+    active: Mutex<HashMap<String, ActiveEntry>>,
+    programs: Mutex<HashMap<(String, i64), Arc<Program>>>,
+    zones: Mutex<HashMap<String, (Instant, jiff::tz::TimeZone)>>,
+    /// Counters.
+    pub stats: WorkflowStats,
+}
+
+impl Workflows {
+    /// The service over `store`, calling plugins through `registry`;
+    /// `committed` wakes the pipeline after steps that may have written events.
+    pub fn new(store: Store, registry: Arc<Registry>, clock: Clock, committed: Arc<Notify>) -> Arc<Workflows> {
+        Arc::new(Workflows {
+            store,
+            registry,
+            clock,
+            wake: Notify::new(),
+            committed,
+            active: Mutex::new(HashMap::new()),
+            programs: Mutex::new(HashMap::new()),
+            zones: Mutex::new(HashMap::new()),
+            stats: WorkflowStats::default(),
+        })
+    }
+
+    /// The clock runs and delays use.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Wake the loop (new runs, a retried run, an advanced clock).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Forget the tenant's active workflows (after activating or archiving).
+    pub fn invalidate(&self, tenant: &str) {
+        if let Ok(mut m) = self.active.lock() {
+            m.remove(tenant);
+        }
+    }
+
+    /// Forget the tenant's time zone (after it changed).
+    pub fn invalidate_zone(&self, tenant: &str) {
+        if let Ok(mut m) = self.zones.lock() {
+            m.remove(tenant);
+        }
+    }
+
+    /// The tenant's active workflows, compiled, from memory when fresh.
+    pub async fn active(&self, tenant: &str) -> Result<Arc<Vec<Arc<ActiveWorkflow>>>, StoreError> {
+        if let Some((at, entry)) = self.active.lock().ok().and_then(|m| m.get(tenant).cloned())
+            && at.elapsed() < ACTIVE_TTL
+        {
+            return Ok(entry);
+        }
+        let mut list = Vec::new();
+        for (workflow, version) in self.store.active_workflows(tenant).await? {
+            match self.compile(&workflow.id, &version) {
+                Some(program) => {
+                    list.push(Arc::new(ActiveWorkflow { id: workflow.id, version: version.version, program }))
+                }
+                None => tracing::warn!(workflow = %workflow.id, "active version no longer parses; skipped"),
+            }
+        }
+        let entry = Arc::new(list);
+        if let Ok(mut m) = self.active.lock() {
+            m.insert(tenant.to_string(), (Instant::now(), entry.clone()));
+        }
+        Ok(entry)
+    }
+
+    /// Version `version` of `workflow`, compiled (cached: versions never change).
+    pub async fn program(&self, tenant: &str, workflow: &str, version: i64) -> Result<Option<Arc<Program>>, StoreError> {
+        if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&(workflow.to_string(), version)).cloned()) {
+            return Ok(Some(p));
+        }
+        let Some(v) = self.store.get_workflow_version(tenant, workflow, version).await? else { return Ok(None) };
+        Ok(self.compile(workflow, &v))
+    }
+
+    fn compile(&self, workflow: &str, v: &crate::store::WorkflowVersion) -> Option<Arc<Program>> {
+        let key = (workflow.to_string(), v.version);
+        if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Some(p);
+        }
+        let program = Arc::new(Program::compile(definition::parse(&v.definition).ok()?));
+        if let Ok(mut m) = self.programs.lock() {
+            if m.len() >= MAX_PROGRAMS {
+                m.clear();
+            }
+            m.insert(key, program.clone());
+        }
+        Some(program)
+    }
+
+    /// The tenant's time zone (UTC when unknown or unreadable).
+    pub async fn zone(&self, tenant: &str) -> jiff::tz::TimeZone {
+        if let Some((at, tz)) = self.zones.lock().ok().and_then(|m| m.get(tenant).cloned())
+            && at.elapsed() < ZONE_TTL
+        {
+            return tz;
+        }
+        let name = match self.store.get_tenant(tenant).await {
+            Ok(Some(t)) => t.time_zone,
+            _ => "UTC".to_string(),
+        };
+        let tz = time::parse_time_zone(&name).unwrap_or(jiff::tz::TimeZone::UTC);
+        if let Ok(mut m) = self.zones.lock() {
+            m.insert(tenant.to_string(), (Instant::now(), tz.clone()));
+        }
+        tz
+    }
+
+    /// Run until the task is aborted: fire due schedules, advance due runs;
+    /// when idle, sleep until the next run is due (at most a second, to see
+    /// work another process added), a wake-up, or a manual clock moving.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.run_once().await {
+                Ok(0) => self.idle().await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("workflow round failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn idle(&self) {
+        let mut wait = Duration::from_secs(1);
+        if matches!(self.clock, Clock::System)
+            && let Ok(Some(due)) = self.store.next_wake_at().await
+        {
+            let ms = (due - self.clock.now()).clamp(0, 1000);
+            wait = Duration::from_millis(ms as u64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.wake.notified() => {}
+            _ = self.clock.changed() => {}
+        }
+    }
+
+    /// One round: due schedules, then up to [`CLAIM`] due runs. Returns how
+    /// many runs and schedules it handled.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let fired = self.fire_schedules().await?;
+        let now = self.clock.now();
+        let runs = self.store.claim_due_runs(now, CLAIM).await?;
+        let n = runs.len();
+        let mut tasks = JoinSet::new();
+        for run in runs {
+            while tasks.len() >= CONCURRENT_RUNS {
+                tasks.join_next().await;
+            }
+            let me = self.clone();
+            tasks.spawn(async move {
+                let id = run.id.clone();
+                if let Err(e) = me.advance(run).await {
+                    // The lease runs out and the run is claimed again.
+                    tracing::warn!(run = %id, "advancing a run failed: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(n + fired)
+    }
+
+    /// Advance until nothing is due at the current time (tests, the demo,
+    /// the benchmark).
+    pub async fn drain(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.run_once().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

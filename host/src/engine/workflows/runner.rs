@@ -1,0 +1,375 @@
+//! Advancing one run: goals first, then steps from the cursor until the run
+//! must wait or ends.
+//!
+//! Progress is saved after every step, in one transaction with the step's
+//! record, so a crash repeats at most the step that was running; action
+//! steps carry the idempotency key `run:<run id>:<step id>`, the same on
+//! every attempt, so the plugin can tell a repeat.
+//!
+//! Failures: an action error the plugin (or host) marks retryable waits
+//! `backoff × 2^(attempt-1)` (a durable timer like any delay) and tries
+//! again, up to the workflow's `max_attempts`; any other error, or the last
+//! attempt, fails the run with the error. A failed run can be retried from
+//! the failed step (`POST /v1/runs/{id}/retry`).
+
+use std::sync::Arc;
+
+use serde_json::{Value as Json, json};
+
+use super::condition::{self, Events, Facts};
+use super::definition::{self, Step};
+use super::program::Program;
+use super::{Workflows, time};
+use crate::engine::actions::{self, ActionCall};
+use crate::runtime::{CallError, CallScope, FailureCause};
+use crate::store::{self, Contact, Run, RunProgress, RunStep, StoreError};
+
+/// Statuses a run ends in.
+pub const COMPLETED: &str = "completed";
+/// The run failed (see its error).
+pub const FAILED: &str = "failed";
+/// A goal was met.
+pub const EXITED: &str = "exited";
+/// The contact was deleted, or the version vanished.
+pub const CANCELLED: &str = "cancelled";
+/// Waiting for `wake_at`.
+pub const WAITING: &str = "waiting";
+
+/// Longest wait between retries: a week, so a long outage does not push a
+/// retry months out.
+const MAX_BACKOFF_MS: i64 = 7 * time::DAY_MS;
+
+/// What a step did.
+enum Outcome {
+    /// Go on to this step (None: the run is complete).
+    Next(Option<String>),
+    /// Wait until this time, then run the same step again.
+    Wait(i64),
+    /// The run failed.
+    Fail(Json),
+}
+
+impl Workflows {
+    /// Advance `run` as far as it goes now.
+    pub async fn advance(self: &Arc<Self>, mut run: Run) -> Result<(), StoreError> {
+        let tenant = run.tenant_id.clone();
+        let Some(program) = self.program(&tenant, &run.workflow_id, run.version).await? else {
+            return self.finish(&run, CANCELLED, None, Some("the workflow version is gone")).await;
+        };
+        let Some(mut contact) = self.store.get_contact(&tenant, &run.contact_id).await? else {
+            return self.finish(&run, CANCELLED, None, Some("the contact was deleted")).await;
+        };
+        if let Some(goal) = self.goal_met(&program, &contact, &run).await? {
+            return self.exit_on_goal(&run, &goal).await;
+        }
+        let trigger_event = match &run.trigger_event_id {
+            Some(id) => self.store.get_event(&tenant, id).await?,
+            None => None,
+        };
+        // Every step runs at most once per run, so this bounds the loop even
+        // if a stored cursor were somehow inconsistent.
+        for _ in 0..=definition::MAX_STEPS {
+            let Some(step_id) = run.cursor.clone() else {
+                return self.finish(&run, COMPLETED, None, None).await;
+            };
+            let Some(node) = program.node(&step_id) else {
+                let error = json!({"message": format!("step `{step_id}` is not in version {}", run.version)});
+                return self.finish(&run, FAILED, Some(error), None).await;
+            };
+            let now = self.clock.now();
+            let started = std::time::Instant::now();
+            let mut record = RunStep {
+                id: store::new_id(),
+                run_id: run.id.clone(),
+                workflow_id: run.workflow_id.clone(),
+                contact_id: run.contact_id.clone(),
+                step_id: step_id.clone(),
+                kind: node.step.kind().to_string(),
+                status: "ok".into(),
+                attempts: run.attempts + 1,
+                input: None,
+                output: None,
+                error: None,
+                started_at: now,
+                finished_at: Some(now),
+                duration_us: 0,
+                fuel_used: None,
+            };
+            let outcome = match &node.step {
+                Step::Delay { .. } => self.delay(&mut run, &program, &step_id, now, &mut record).await,
+                Step::If { condition, .. } => {
+                    let facts = Facts {
+                        contact: &contact,
+                        now,
+                        enrolled_at: Some(run.enrolled_at),
+                        events: Events::Store(&self.store),
+                    };
+                    let holds = condition::holds(condition, &facts).await?;
+                    let (then_first, else_first) = node.branches.clone().unwrap_or_default();
+                    record.output = Some(json!({"branch": if holds { "then" } else { "else" }}));
+                    Outcome::Next(if holds { then_first } else { else_first })
+                }
+                Step::Split { variants, .. } => {
+                    let chosen = pick_variant(&variants.iter().map(|v| v.weight).collect::<Vec<_>>());
+                    let name = variants.get(chosen).map(|v| v.name.clone()).unwrap_or_default();
+                    if let Some(map) = run.variants.as_object_mut() {
+                        map.insert(step_id.clone(), Json::String(name.clone()));
+                    }
+                    record.output = Some(json!({"variant": name}));
+                    Outcome::Next(node.variants.get(chosen).cloned().flatten())
+                }
+                Step::Action { install_id, config, message, .. } => {
+                    let key = format!("run:{}:{}", run.id, step_id);
+                    let call = ActionCall {
+                        config: config.as_ref(),
+                        subject: message.as_ref().and_then(|m| m.subject.as_deref()),
+                        body: message.as_ref().map(|m| m.body.as_str()),
+                        idempotency_key: &key,
+                    };
+                    record.input = Some(json!({"install_id": install_id, "config": config, "message": message, "idempotency_key": key}));
+                    let outcome = self
+                        .action(&run, &program, install_id, &contact, trigger_event.as_ref(), &call, &mut record)
+                        .await;
+                    if matches!(outcome, Outcome::Next(_)) {
+                        self.committed.notify_one();
+                        // The action may have changed the contact (owner, tags, …);
+                        // later conditions and templates must see that.
+                        if let Some(fresh) = self.store.get_contact(&tenant, &run.contact_id).await? {
+                            contact = fresh;
+                        }
+                    }
+                    outcome
+                }
+            };
+            record.duration_us = started.elapsed().as_micros() as i64;
+            match outcome {
+                Outcome::Next(next) => {
+                    self.count(&self.stats.steps_ok);
+                    run.cursor = next;
+                    run.attempts = 0;
+                    let status = if run.cursor.is_some() { WAITING } else { COMPLETED };
+                    self.save(&run, status, Some(now), None, None, &[record]).await?;
+                    if status == COMPLETED {
+                        self.count(&self.stats.runs_completed);
+                        return Ok(());
+                    }
+                }
+                Outcome::Wait(until) => {
+                    if record.status == "retrying" {
+                        run.attempts = record.attempts;
+                    }
+                    return self.save(&run, WAITING, Some(until), None, None, &[record]).await;
+                }
+                Outcome::Fail(error) => {
+                    run.attempts = record.attempts;
+                    self.count(&self.stats.runs_failed);
+                    return self.save(&run, FAILED, None, Some(error), None, &[record]).await;
+                }
+            }
+        }
+        let error = json!({"message": "the run did not finish within the step limit"});
+        self.finish(&run, FAILED, Some(error), None).await
+    }
+
+    /// A delay: the first visit computes its end in the tenant's zone and
+    /// waits; a visit at or after the end moves on.
+    async fn delay(&self, run: &mut Run, program: &Program, step_id: &str, now: i64, record: &mut RunStep) -> Outcome {
+        let state = run.state.as_object().cloned().unwrap_or_default();
+        let pending = state.get("delay_step").and_then(Json::as_str) == Some(step_id);
+        let until = state.get("delay_until").and_then(Json::as_i64);
+        if let (true, Some(until)) = (pending, until) {
+            if now >= until {
+                run.state = json!({});
+                record.output = Some(json!({"waited_until": until}));
+                return Outcome::Next(program.node(step_id).and_then(|n| n.next.clone()));
+            }
+            record.status = "waiting".into();
+            return Outcome::Wait(until);
+        }
+        let spec = match program.node(step_id).map(|n| definition::delay_of(&n.step)) {
+            Some(Ok(spec)) => spec,
+            _ => return Outcome::Fail(json!({"message": format!("step `{step_id}` is not a valid delay")})),
+        };
+        let zone = self.zone(&run.tenant_id).await;
+        let until = time::delay_end(now, &spec, &zone);
+        run.state = json!({"delay_step": step_id, "delay_until": until});
+        record.status = "waiting".into();
+        record.output = Some(json!({"until": until, "until_local": time::format_local(until, &zone)}));
+        if until <= now {
+            return Outcome::Next(program.node(step_id).and_then(|n| n.next.clone()));
+        }
+        Outcome::Wait(until)
+    }
+
+    /// An action step: call the install; on failure, retry or fail.
+    #[allow(clippy::too_many_arguments)]
+    async fn action(
+        &self,
+        run: &Run,
+        program: &Program,
+        install_id: &str,
+        contact: &Contact,
+        trigger_event: Option<&store::Event>,
+        call: &ActionCall<'_>,
+        record: &mut RunStep,
+    ) -> Outcome {
+        let next = program.node(&record.step_id).and_then(|n| n.next.clone());
+        let result = match self.registry.get(&run.tenant_id, install_id) {
+            None => Err(step_error("not-installed", format!("install `{install_id}` is not installed"), false)),
+            Some(active) if !active.install.enabled => {
+                Err(step_error("disabled", format!("install `{install_id}` is disabled"), false))
+            }
+            Some(active) => {
+                let scope = self.scope(&run.tenant_id, &active, false);
+                let outcome =
+                    actions::call(self.registry.runtime(), &active, scope, contact, trigger_event, call).await;
+                match &outcome {
+                    Ok(called) => active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used),
+                    Err(e) => active.stats.record_failure(e.cause, e.stats.duration_us, e.stats.fuel_used),
+                }
+                outcome.map_err(|e| {
+                    record.fuel_used = Some(e.stats.fuel_used as i64);
+                    let retryable = e.retryable;
+                    (call_error_json(&e), retryable)
+                })
+            }
+        };
+        match result {
+            Ok(called) => {
+                record.fuel_used = Some(called.stats.fuel_used as i64);
+                record.output = serde_json::to_value(&called.value).ok();
+                Outcome::Next(next)
+            }
+            Err((error, retryable)) => {
+                self.count(&self.stats.steps_failed);
+                record.error = Some(error.clone());
+                let policy = &program.definition.retry;
+                let attempt = record.attempts;
+                if retryable && attempt < i64::from(policy.max_attempts) {
+                    let base = time::parse_duration(&policy.backoff).unwrap_or(30_000);
+                    let wait = base.saturating_mul(1 << (attempt - 1).clamp(0, 20)).min(MAX_BACKOFF_MS);
+                    record.status = "retrying".into();
+                    tracing::info!(run = %run.id, step = %record.step_id, attempt, "step failed, retrying in {wait} ms");
+                    Outcome::Wait(record.started_at + wait)
+                } else {
+                    record.status = "failed".into();
+                    Outcome::Fail(json!({"step": record.step_id, "attempts": attempt, "error": error}))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn scope(&self, tenant: &str, active: &crate::registry::ActiveInstall, test_mode: bool) -> CallScope {
+        CallScope {
+            tenant_id: tenant.to_string(),
+            install_id: active.install.id.clone(),
+            grants: active.grants.clone(),
+            store: self.store.clone(),
+            egress: self.registry.runtime().egress.clone(),
+            test_mode,
+            now: self.clock.now(),
+            test_contact: None,
+        }
+    }
+
+    /// The first goal of the run's version that `contact` meets.
+    pub(crate) async fn goal_met(
+        &self,
+        program: &Program,
+        contact: &Contact,
+        run: &Run,
+    ) -> Result<Option<String>, StoreError> {
+        let facts =
+            Facts { contact, now: self.clock.now(), enrolled_at: Some(run.enrolled_at), events: Events::Store(&self.store) };
+        for goal in &program.definition.goals {
+            if condition::holds(&goal.condition, &facts).await? {
+                return Ok(Some(goal.id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) async fn exit_on_goal(&self, run: &Run, goal: &str) -> Result<(), StoreError> {
+        self.count(&self.stats.goals_met);
+        self.finish(run, EXITED, None, Some(&format!("goal:{goal}"))).await
+    }
+
+    async fn finish(&self, run: &Run, status: &str, error: Option<Json>, reason: Option<&str>) -> Result<(), StoreError> {
+        if status == FAILED {
+            self.count(&self.stats.runs_failed);
+        }
+        self.save(run, status, None, error, reason, &[]).await
+    }
+
+    async fn save(
+        &self,
+        run: &Run,
+        status: &str,
+        wake_at: Option<i64>,
+        error: Option<Json>,
+        exit_reason: Option<&str>,
+        steps: &[RunStep],
+    ) -> Result<(), StoreError> {
+        let waiting = status == WAITING;
+        let progress = RunProgress {
+            run_id: run.id.clone(),
+            tenant_id: run.tenant_id.clone(),
+            status: status.to_string(),
+            cursor: if waiting { run.cursor.clone() } else { run.cursor.clone().filter(|_| status == FAILED) },
+            wake_at: if waiting { wake_at } else { None },
+            attempts: if waiting || status == FAILED { run.attempts } else { 0 },
+            variants: run.variants.clone(),
+            state: run.state.clone(),
+            error,
+            exit_reason: exit_reason.map(str::to_string),
+            at: self.clock.now(),
+        };
+        self.store.save_run(&progress, steps).await?;
+        Ok(())
+    }
+}
+
+fn step_error(cause: &str, message: String, retryable: bool) -> (Json, bool) {
+    (json!({"cause": cause, "message": message, "retryable": retryable}), retryable)
+}
+
+fn call_error_json(e: &CallError) -> Json {
+    let cause = match e.cause {
+        FailureCause::Plugin => "plugin",
+        other => other.as_str(),
+    };
+    json!({"cause": cause, "message": e.message, "retryable": e.retryable})
+}
+
+/// A variant index by weight.
+pub fn pick_variant(weights: &[u32]) -> usize {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return 0;
+    }
+    let mut roll = rand::random_range(0..total);
+    for (i, w) in weights.iter().enumerate() {
+        if roll < u64::from(*w) {
+            return i;
+        }
+        roll -= u64::from(*w);
+    }
+    weights.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_are_picked_in_proportion_to_their_weights() {
+        let mut counts = [0u32; 2];
+        for _ in 0..10_000 {
+            counts[pick_variant(&[1, 3])] += 1;
+        }
+        // 2500 expected for the first; far outside chance if the weights were ignored.
+        assert!((2000..3000).contains(&counts[0]), "{counts:?}");
+        assert_eq!(pick_variant(&[0, 0]), 0);
+        assert_eq!(pick_variant(&[5]), 0);
+    }
+}

@@ -1,0 +1,711 @@
+//! Workflow runs: one per enrollment of a contact into a workflow version,
+//! with a cursor on the next step, and the record of every step it ran.
+//!
+//! ## A run is a timer
+//! A `waiting` run is due at `wake_at` (business time): right away after
+//! enrolling or a step, later after a delay or a retry backoff. The runner
+//! claims due runs ([`Store::claim_due_runs`]) with a lease of real time, like
+//! the event queue (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several host
+//! processes share the work), advances them, and saves where each got to
+//! ([`Store::save_run`]), which releases the lease. A run whose worker died
+//! is claimed again when its lease expires; its steps carry idempotency keys
+//! (run id + step id) so a repeated action can be recognised.
+//!
+//! Statuses: `waiting` (due at `wake_at`), `completed`, `failed` (a step
+//! gave up; [`Store::retry_run`] sends it back to `waiting` at the step that
+//! failed), `exited` (a goal was met), `cancelled`.
+//!
+//! ## Enrollment rules
+//! [`Store::enroll`] decides every enrollment inside one write transaction,
+//! so the checks and the insert cannot interleave with another enrollment of
+//! the same contact: on SQLite the transaction holds the write lock; on
+//! PostgreSQL it locks each workflow's row first. In order, an enrollment is
+//! refused when its key was used before (a trigger saw the same event
+//! twice), when the contact has a run of the workflow still waiting, when
+//! the workflow does not re-enroll and the contact had a run, when the last
+//! enrollment is more recent than the minimum interval, and when the daily
+//! cap is reached (the guard against workflows that trigger each other in a
+//! loop).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::store::error::{Result, StoreError};
+use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
+use crate::store::{Backend, CLAIM_LEASE_MS, Page, Store, new_id, now_ms};
+
+/// Longest enrollment key (keys are built from ids: workflow, event,
+/// schedule firing).
+pub const MAX_ENROLLMENT_KEY: usize = 400;
+/// Largest JSON kept for one step's input, output or error, or a run's
+/// error: plugins control these values, and a run's history is read on every
+/// look at it. A larger value is replaced by a note saying so (the step
+/// still counts; only its record is shortened).
+pub const MAX_STEP_JSON: usize = 64 << 10;
+
+const DAY_MS: i64 = 86_400_000;
+const WAITING: &str = "waiting";
+const COMPLETED: &str = "completed";
+const FAILED: &str = "failed";
+/// Every status a run can have.
+const RUN_STATUSES: [&str; 5] = [WAITING, COMPLETED, FAILED, "exited", "cancelled"];
+/// Every status a step record can have.
+const STEP_STATUSES: [&str; 4] = ["ok", "failed", "retrying", "waiting"];
+
+const RUN_COLUMNS: &str = "id, tenant_id, workflow_id, version, contact_id, status, cursor, wake_at, attempts, \
+     variants, state, trigger_event_id, enrollment_key, error, exit_reason, enrolled_at, updated_at, finished_at";
+pub(crate) const RUN_STEP_COLUMNS: &str = "id, run_id, workflow_id, contact_id, step_id, kind, status, attempts, \
+     input, output, error, started_at, finished_at, duration_us, fuel_used";
+
+/// One enrollment of a contact into a workflow version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Run id (time ordered).
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The workflow.
+    pub workflow_id: String,
+    /// The workflow version the run follows to its end.
+    pub version: i64,
+    /// The contact.
+    pub contact_id: String,
+    /// `waiting`, `completed`, `failed`, `exited` or `cancelled`.
+    pub status: String,
+    /// Id of the next step to run (of a failed run: the step that failed);
+    /// `None` when finished.
+    pub cursor: Option<String>,
+    /// When a waiting run is due, epoch ms (business time); `None` when finished.
+    pub wake_at: Option<i64>,
+    /// Failed attempts of the step at the cursor.
+    pub attempts: i64,
+    /// A/B split choices: split step id → variant name (a JSON object).
+    pub variants: serde_json::Value,
+    /// What the engine keeps between steps, e.g. when a delay began (a JSON object).
+    pub state: serde_json::Value,
+    /// The event that enrolled the contact.
+    pub trigger_event_id: Option<String>,
+    /// The key that makes enrolling idempotent (unique per workflow).
+    pub enrollment_key: String,
+    /// Why the run failed.
+    pub error: Option<serde_json::Value>,
+    /// Which goal or exit condition ended the run.
+    pub exit_reason: Option<String>,
+    /// Enrollment time, epoch ms.
+    pub enrolled_at: i64,
+    /// Last progress, epoch ms.
+    pub updated_at: i64,
+    /// When the run ended, epoch ms.
+    pub finished_at: Option<i64>,
+}
+
+/// What one step of a run did (one record per run and step; a retried step
+/// updates its record).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStep {
+    /// Record id (use [`crate::store::new_id`]; kept from the first attempt).
+    pub id: String,
+    /// The run.
+    pub run_id: String,
+    /// The workflow.
+    pub workflow_id: String,
+    /// The contact.
+    pub contact_id: String,
+    /// The step's id in the definition.
+    pub step_id: String,
+    /// The step's kind (`action`, `delay`, `if`, `split`, ...).
+    pub kind: String,
+    /// `ok`, `failed`, `retrying` (failed, will be tried again) or `waiting`
+    /// (a delay in progress).
+    pub status: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// What the step was given.
+    pub input: Option<serde_json::Value>,
+    /// What it produced.
+    pub output: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<serde_json::Value>,
+    /// When its first attempt began, epoch ms.
+    pub started_at: i64,
+    /// When its latest attempt ended, epoch ms.
+    pub finished_at: Option<i64>,
+    /// Wall time of the latest attempt, microseconds.
+    pub duration_us: i64,
+    /// Fuel (instructions) the latest attempt's plugin call used.
+    pub fuel_used: Option<i64>,
+}
+
+/// A request to enroll a contact into a workflow version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The workflow.
+    pub workflow_id: String,
+    /// The version to follow (the active one when enrolling).
+    pub version: i64,
+    /// The contact.
+    pub contact_id: String,
+    /// The first step; `None` for a workflow with no steps (the run is
+    /// recorded as completed at once).
+    pub first_step: Option<String>,
+    /// The event that triggered the enrollment.
+    pub trigger_event_id: Option<String>,
+    /// Unique per workflow: the same key twice enrolls once.
+    pub enrollment_key: String,
+    /// May a contact enroll again after an earlier run?
+    pub reenroll: bool,
+    /// At least this long between two enrollments of one contact, ms.
+    pub min_interval_ms: Option<i64>,
+    /// Hard cap of enrollments per contact per workflow in 24 hours (loop guard).
+    pub max_per_day: i64,
+    /// Business time now, epoch ms.
+    pub at: i64,
+}
+
+/// What became of one [`Enrollment`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "run", rename_all = "snake_case")]
+// Unboxed on purpose: outcomes live briefly, one per enrollment of a batch,
+// and callers match on the run directly.
+#[allow(clippy::large_enum_variant)]
+pub enum EnrollOutcome {
+    /// A run was created.
+    Enrolled(Run),
+    /// A run with the same enrollment key exists already.
+    Duplicate,
+    /// A run of this workflow for this contact is still waiting.
+    InFlight,
+    /// The workflow does not re-enroll, and the contact had a run.
+    NotReenrollable,
+    /// The contact's last enrollment is more recent than the minimum interval.
+    TooSoon,
+    /// The contact reached the workflow's daily enrollment cap.
+    RateLimited,
+}
+
+/// Where a run got to, for [`Store::save_run`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
+    /// The run.
+    pub run_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// The new status (see [`Run::status`]).
+    pub status: String,
+    /// The next step (of a failed run: the step that failed).
+    pub cursor: Option<String>,
+    /// When a waiting run is due next, epoch ms (business time).
+    pub wake_at: Option<i64>,
+    /// Failed attempts of the step at the cursor.
+    pub attempts: i64,
+    /// A/B split choices (a JSON object).
+    pub variants: serde_json::Value,
+    /// The engine's state (a JSON object).
+    pub state: serde_json::Value,
+    /// Why the run failed.
+    pub error: Option<serde_json::Value>,
+    /// Which goal or exit condition ended the run.
+    pub exit_reason: Option<String>,
+    /// Business time now, epoch ms.
+    pub at: i64,
+}
+
+/// Which runs [`Store::list_runs`] returns; every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFilter {
+    /// Of this workflow.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// Of this contact.
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    /// With this status (an unknown status matches nothing).
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+fn get_opt_json(row: &AnyRow, col: &str) -> Result<Option<serde_json::Value>> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))).transpose()
+}
+
+/// JSON text for a plugin-controlled value, replaced by a note when larger
+/// than [`MAX_STEP_JSON`].
+fn bounded_json(v: Option<&serde_json::Value>) -> Result<Option<String>> {
+    let Some(v) = v else { return Ok(None) };
+    let text = sql::to_json(v)?;
+    if text.len() <= MAX_STEP_JSON {
+        return Ok(Some(text));
+    }
+    sql::to_json(&json!({"not_kept": format!("larger than {} KiB", MAX_STEP_JSON >> 10), "bytes": text.len()}))
+        .map(Some)
+}
+
+fn check_status(status: &str, allowed: &[&str], what: &str) -> Result<()> {
+    if allowed.contains(&status) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("`{status}` is not a {what} status (one of {})", allowed.join(", "))))
+    }
+}
+
+pub(crate) fn run_from_row(row: &AnyRow) -> Result<Run> {
+    Ok(Run {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        workflow_id: row.try_get("workflow_id")?,
+        version: row.try_get("version")?,
+        contact_id: row.try_get("contact_id")?,
+        status: row.try_get("status")?,
+        cursor: row.try_get("cursor")?,
+        wake_at: row.try_get("wake_at")?,
+        attempts: row.try_get("attempts")?,
+        variants: sql::get_json(row, "variants")?,
+        state: sql::get_json(row, "state")?,
+        trigger_event_id: row.try_get("trigger_event_id")?,
+        enrollment_key: row.try_get("enrollment_key")?,
+        error: get_opt_json(row, "error")?,
+        exit_reason: row.try_get("exit_reason")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+pub(crate) fn run_step_from_row(row: &AnyRow) -> Result<RunStep> {
+    Ok(RunStep {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        workflow_id: row.try_get("workflow_id")?,
+        contact_id: row.try_get("contact_id")?,
+        step_id: row.try_get("step_id")?,
+        kind: row.try_get("kind")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        input: get_opt_json(row, "input")?,
+        output: get_opt_json(row, "output")?,
+        error: get_opt_json(row, "error")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_us: row.try_get("duration_us")?,
+        fuel_used: row.try_get("fuel_used")?,
+    })
+}
+
+/// Decide one enrollment and, when allowed, insert its run. The caller holds
+/// the write transaction (and on PostgreSQL the workflow's row lock).
+async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOutcome> {
+    let duplicate = sqlx::query(
+        "SELECT 1 AS one FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 AND enrollment_key = $3",
+    )
+    .bind(&e.tenant_id)
+    .bind(&e.workflow_id)
+    .bind(&e.enrollment_key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if duplicate.is_some() {
+        return Ok(EnrollOutcome::Duplicate);
+    }
+    // Everything the rules need about the contact's earlier runs, in one
+    // pass over the (tenant, workflow, contact, enrolled_at) index.
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS total, \
+         CAST(COALESCE(SUM(CASE WHEN status = 'waiting' THEN 1 ELSE 0 END), 0) AS BIGINT) AS waiting, \
+         MAX(enrolled_at) AS latest, \
+         CAST(COALESCE(SUM(CASE WHEN enrolled_at > $4 AND enrolled_at <= $5 THEN 1 ELSE 0 END), 0) AS BIGINT) AS today \
+         FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 AND contact_id = $3",
+    )
+    .bind(&e.tenant_id)
+    .bind(&e.workflow_id)
+    .bind(&e.contact_id)
+    .bind(e.at - DAY_MS)
+    .bind(e.at)
+    .fetch_one(&mut *conn)
+    .await?;
+    let total: i64 = row.try_get("total")?;
+    let waiting: i64 = row.try_get("waiting")?;
+    let latest: Option<i64> = row.try_get("latest")?;
+    let today: i64 = row.try_get("today")?;
+    if waiting > 0 {
+        return Ok(EnrollOutcome::InFlight);
+    }
+    if !e.reenroll && total > 0 {
+        return Ok(EnrollOutcome::NotReenrollable);
+    }
+    if let (Some(interval), Some(latest)) = (e.min_interval_ms, latest)
+        && latest > e.at - interval
+    {
+        return Ok(EnrollOutcome::TooSoon);
+    }
+    if today >= e.max_per_day {
+        return Ok(EnrollOutcome::RateLimited);
+    }
+    let done = e.first_step.is_none();
+    let run = Run {
+        id: new_id(),
+        tenant_id: e.tenant_id.clone(),
+        workflow_id: e.workflow_id.clone(),
+        version: e.version,
+        contact_id: e.contact_id.clone(),
+        status: if done { COMPLETED } else { WAITING }.to_owned(),
+        cursor: e.first_step.clone(),
+        wake_at: if done { None } else { Some(e.at) },
+        attempts: 0,
+        variants: json!({}),
+        state: json!({}),
+        trigger_event_id: e.trigger_event_id.clone(),
+        enrollment_key: e.enrollment_key.clone(),
+        error: None,
+        exit_reason: None,
+        enrolled_at: e.at,
+        updated_at: e.at,
+        finished_at: if done { Some(e.at) } else { None },
+    };
+    sqlx::query(&format!(
+        "INSERT INTO workflow_runs ({RUN_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    ))
+    .bind(&run.id)
+    .bind(&run.tenant_id)
+    .bind(&run.workflow_id)
+    .bind(run.version)
+    .bind(&run.contact_id)
+    .bind(&run.status)
+    .bind(run.cursor.as_deref())
+    .bind(run.wake_at)
+    .bind(run.attempts)
+    .bind("{}")
+    .bind("{}")
+    .bind(run.trigger_event_id.as_deref())
+    .bind(&run.enrollment_key)
+    .bind(None::<String>)
+    .bind(None::<String>)
+    .bind(run.enrolled_at)
+    .bind(run.updated_at)
+    .bind(run.finished_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(EnrollOutcome::Enrolled(run))
+}
+
+impl Store {
+    /// Decide a batch of enrollments in one write transaction, each in
+    /// order (a later one sees the runs earlier ones created), and return
+    /// what became of each (see the module docs for the rules). A run
+    /// enrolled with a first step is `waiting`, due at once (`wake_at` =
+    /// `at`); without one it is recorded `completed`.
+    ///
+    /// Fails, recording nothing, with [`StoreError::UnknownReference`] when a
+    /// workflow does not exist in its enrollment's tenant,
+    /// [`StoreError::UnknownContact`] when a contact does not, and
+    /// [`StoreError::Invalid`] for an empty or overlong enrollment key.
+    pub async fn enroll(&self, e: &[Enrollment]) -> Result<Vec<EnrollOutcome>> {
+        if e.is_empty() {
+            return Ok(Vec::new());
+        }
+        for x in e {
+            if x.enrollment_key.is_empty() || x.enrollment_key.len() > MAX_ENROLLMENT_KEY {
+                return Err(StoreError::Invalid(format!("an enrollment key is 1 to {MAX_ENROLLMENT_KEY} bytes")));
+            }
+        }
+        let mut tx = self.begin_write().await?;
+        // Lock each workflow's row (PostgreSQL; SQLite's write lock already
+        // serialises enrollments) so that two processes cannot both pass the
+        // checks for one contact. Sorted, so concurrent batches lock in one
+        // order and cannot deadlock. The same lookup proves each workflow
+        // belongs to its enrollment's tenant.
+        let mut workflows: Vec<(&str, &str)> =
+            e.iter().map(|x| (x.tenant_id.as_str(), x.workflow_id.as_str())).collect();
+        workflows.sort_unstable();
+        workflows.dedup();
+        for (tenant, workflow) in workflows {
+            let found =
+                sqlx::query(&format!("SELECT id FROM workflows WHERE tenant_id = $1 AND id = $2{}", self.for_update()))
+                    .bind(tenant)
+                    .bind(workflow)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Err(StoreError::UnknownReference { entity: "workflow", id: workflow.to_owned() });
+            }
+        }
+        let mut contacts: Vec<(&str, &str)> = e.iter().map(|x| (x.tenant_id.as_str(), x.contact_id.as_str())).collect();
+        contacts.sort_unstable();
+        contacts.dedup();
+        for (tenant, contact) in contacts {
+            if !crate::store::contacts::contact_exists(&mut tx, tenant, contact).await? {
+                return Err(StoreError::UnknownContact(contact.to_owned()));
+            }
+        }
+        let mut out = Vec::with_capacity(e.len());
+        for x in e {
+            out.push(enroll_one(&mut tx, x).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Claim up to `limit` waiting runs due at `now` (business time), the
+    /// earliest due first, leasing each for [`CLAIM_LEASE_MS`] of real time.
+    /// Runs another worker holds (lease not expired) are skipped;
+    /// [`Store::save_run`] releases the lease.
+    pub async fn claim_due_runs(&self, now: i64, limit: i64) -> Result<Vec<Run>> {
+        // Real time for the lease, whatever the business clock says: it is
+        // about whether the claiming process is alive.
+        let real = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // Ordered by wake_at alone: the due index is in that order, so a
+        // backlog of due runs is read up to the limit, never sorted whole.
+        let sql = format!(
+            "UPDATE workflow_runs SET lease_until = $1 WHERE id IN (SELECT id FROM workflow_runs \
+             WHERE status = 'waiting' AND wake_at <= $2 AND (lease_until IS NULL OR lease_until < $3) \
+             ORDER BY wake_at LIMIT $4{lock}) RETURNING {RUN_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(real + CLAIM_LEASE_MS)
+            .bind(now)
+            .bind(real)
+            .bind(limit.clamp(1, i64::from(MAX_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        // RETURNING order is unspecified.
+        runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
+        Ok(runs)
+    }
+
+    /// The earliest `wake_at` of the waiting runs no worker holds, so the
+    /// runner knows how long it may sleep; `None` when there are none. (A
+    /// held run is the holder's business; counting it would have the others
+    /// wake for nothing until its lease ends.)
+    pub async fn next_wake_at(&self) -> Result<Option<i64>> {
+        // Not MIN(): with the lease condition that would read every waiting
+        // run; in index order the first unheld one ends the scan.
+        let row = sqlx::query(
+            "SELECT wake_at FROM workflow_runs WHERE status = 'waiting' AND wake_at IS NOT NULL \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY wake_at LIMIT 1",
+        )
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("wake_at")).transpose()?.flatten())
+    }
+
+    /// Record where a run got to, and its step records, in one transaction.
+    ///
+    /// The run takes the progress, `updated_at` = `at`, and its lease is
+    /// released. A run no longer waiting gets `finished_at` = `at` and no
+    /// `wake_at`; a waiting run without `wake_at` is due at `at` (a timer
+    /// nobody would ever claim helps no one). Each step record is inserted,
+    /// or updated when the run already has one for that step (everything but
+    /// its id and first `started_at`). JSON larger than [`MAX_STEP_JSON`] is
+    /// replaced by a note saying so. False when the run no longer exists
+    /// (e.g. its contact was deleted).
+    ///
+    /// Fails with [`StoreError::Invalid`] for an unknown run or step status,
+    /// or a step of another run.
+    pub async fn save_run(&self, p: &RunProgress, steps: &[RunStep]) -> Result<bool> {
+        check_status(&p.status, &RUN_STATUSES, "run")?;
+        for s in steps {
+            check_status(&s.status, &STEP_STATUSES, "step")?;
+            if s.run_id != p.run_id {
+                return Err(StoreError::Invalid(format!("step `{}` belongs to another run", s.step_id)));
+            }
+        }
+        let error = bounded_json(p.error.as_ref())?;
+        let waiting = p.status == WAITING;
+        let finished_at = (!waiting).then_some(p.at);
+        let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
+             state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = NULL \
+             WHERE tenant_id = $1 AND id = $2 RETURNING workflow_id, contact_id",
+        )
+        .bind(&p.tenant_id)
+        .bind(&p.run_id)
+        .bind(&p.status)
+        .bind(p.cursor.as_deref())
+        .bind(wake_at)
+        .bind(p.attempts)
+        .bind(sql::to_json(&p.variants)?)
+        .bind(sql::to_json(&p.state)?)
+        .bind(error)
+        .bind(p.exit_reason.as_deref())
+        .bind(p.at)
+        .bind(finished_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        // The run's own workflow and contact, not the records' say: the
+        // timeline finds steps by tenant and contact.
+        let workflow_id: String = row.try_get("workflow_id")?;
+        let contact_id: String = row.try_get("contact_id")?;
+        for s in steps {
+            sqlx::query(&format!(
+                "INSERT INTO run_steps (tenant_id, {RUN_STEP_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+                 attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
+                 error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
+                 fuel_used = excluded.fuel_used"
+            ))
+            .bind(&p.tenant_id)
+            .bind(&s.id)
+            .bind(&p.run_id)
+            .bind(&workflow_id)
+            .bind(&contact_id)
+            .bind(&s.step_id)
+            .bind(&s.kind)
+            .bind(&s.status)
+            .bind(s.attempts)
+            .bind(bounded_json(s.input.as_ref())?)
+            .bind(bounded_json(s.output.as_ref())?)
+            .bind(bounded_json(s.error.as_ref())?)
+            .bind(s.started_at)
+            .bind(s.finished_at)
+            .bind(s.duration_us)
+            .bind(s.fuel_used)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Run `id` of `tenant` with its step records, in the order they began.
+    pub async fn get_run(&self, tenant: &str, id: &str) -> Result<Option<(Run, Vec<RunStep>)>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(run) = row.as_ref().map(run_from_row).transpose()? else { return Ok(None) };
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_STEP_COLUMNS} FROM run_steps WHERE tenant_id = $1 AND run_id = $2 ORDER BY started_at, id"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let steps = rows.iter().map(run_step_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Some((run, steps)))
+    }
+
+    /// One page of the tenant's runs matching `filter`, newest first,
+    /// starting after `cursor` (the `next_cursor` of the page before). At
+    /// most 1000 per page.
+    pub async fn list_runs(
+        &self,
+        tenant: &str,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Run>> {
+        let limit = page_limit(limit);
+        let mut b = Builder::new(&format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE tenant_id = "));
+        let t = b.arg(Arg::Text(tenant));
+        b.push(&t);
+        if let Some(w) = &filter.workflow_id {
+            b.push_arg(" AND workflow_id = ", Arg::Text(w));
+        }
+        if let Some(c) = &filter.contact_id {
+            b.push_arg(" AND contact_id = ", Arg::Text(c));
+        }
+        if let Some(s) = &filter.status {
+            b.push_arg(" AND status = ", Arg::Text(s));
+        }
+        if let Some(before) = cursor {
+            b.push_arg(" AND id < ", Arg::Text(before));
+        }
+        b.push_arg(" ORDER BY id DESC LIMIT ", Arg::Int(limit + 1));
+        let rows = b.query().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// The waiting runs of the given contacts of `tenant`, oldest first.
+    pub async fn in_flight_runs(&self, tenant: &str, contact_ids: &[String]) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for chunk in contact_ids.chunks(MAX_IN_LIST) {
+            let mut p = Params::new(self.backend);
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE tenant_id = {} AND contact_id IN ({}) \
+                 AND status = 'waiting'",
+                p.one(),
+                p.list(chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                runs.push(run_from_row(&row)?);
+            }
+        }
+        runs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(runs)
+    }
+
+    /// Send a failed run back to work from the step that failed: `waiting`,
+    /// due at `at`, attempts and error cleared. `None` when the run does not
+    /// exist in `tenant`; [`StoreError::Invalid`] when it exists but is not
+    /// `failed` (only a failed run can be retried).
+    pub async fn retry_run(&self, tenant: &str, id: &str, at: i64) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "UPDATE workflow_runs SET status = 'waiting', wake_at = $3, attempts = 0, error = NULL, \
+             finished_at = NULL, lease_until = NULL, updated_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'failed' RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Some(run_from_row(&row)?));
+        }
+        let status = sqlx::query("SELECT status FROM workflow_runs WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match status {
+            None => Ok(None),
+            Some(row) => {
+                let status: String = row.try_get("status")?;
+                Err(StoreError::Invalid(format!("only a failed run can be retried; this one is {status}")))
+            }
+        }
+    }
+
+    /// How many runs of workflow `id` of `tenant` have each status (statuses
+    /// with no runs are absent).
+    pub async fn count_runs_by_status(&self, tenant: &str, workflow_id: &str) -> Result<BTreeMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 \
+             GROUP BY status",
+        )
+        .bind(tenant)
+        .bind(workflow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
+    }
+}
