@@ -13,7 +13,7 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`server`]: wiring all of it into a running server.
 //! - [`catalog`]: the prebuilt plugins embedded in the binary.
-//! - [`demo`], [`bench`]: `cairn demo` and `cairn bench`.
+//! - [`demo`], [`mod@bench`]: `cairn demo` and `cairn bench`.
 #![deny(unsafe_code)]
 
 pub mod api;

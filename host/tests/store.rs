@@ -7,14 +7,12 @@
 // Tests fail loudly on purpose: a panic is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
     ContactFilter, ContactPatch, InstallPatch, InvocationRecord, NewCompany, NewContact, NewDeal, NewEvent, NewInstall,
-    NewRule, NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id,
+    NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id,
     now_ms,
 };
 use sqlx::Row;
@@ -76,8 +74,6 @@ on_both_backends!(
     installs_are_created_patched_listed_and_deleted,
     plugin_state_belongs_to_one_install_of_one_tenant,
     invocations_are_recorded_listed_and_counted,
-    an_action_run_that_succeeded_is_not_begun_again,
-    rules_start_from_a_trigger_install_or_an_event_kind,
     lifecycle_thresholds_are_set_listed_and_removed,
 );
 
@@ -996,92 +992,7 @@ async fn invocations_are_recorded_listed_and_counted(store: Store) -> anyhow::Re
     Ok(())
 }
 
-async fn an_action_run_that_succeeded_is_not_begun_again(store: Store) -> anyhow::Result<()> {
-    let t = tenant(&store, "Acme").await?;
-    assert!(store.begin_action_run(&t, "rule:1:evt:1").await?);
-    assert!(store.finish_action_run(&t, "rule:1:evt:1", false, Some("timeout")).await?);
-    let run = store.get_action_run(&t, "rule:1:evt:1").await?.context("run")?;
-    assert_eq!((run.status.as_str(), run.error.as_deref()), ("failed", Some("timeout")));
-
-    assert!(store.begin_action_run(&t, "rule:1:evt:1").await?, "a failed run may be retried");
-    assert!(store.finish_action_run(&t, "rule:1:evt:1", true, Some(r#"{"sent":true}"#)).await?);
-    assert!(!store.begin_action_run(&t, "rule:1:evt:1").await?, "a succeeded run is not run again");
-    let run = store.get_action_run(&t, "rule:1:evt:1").await?.context("run")?;
-    assert_eq!(run.status, "succeeded");
-    assert_eq!(run.attempts, 2);
-    assert_eq!(run.output_json.as_deref(), Some(r#"{"sent":true}"#));
-    assert!(!store.finish_action_run(&t, "rule:1:evt:1", false, Some("late")).await?, "success is final");
-
-    // Keys are per tenant.
-    let other = tenant(&store, "Other").await?;
-    assert!(store.begin_action_run(&other, "rule:1:evt:1").await?);
-    assert!(!store.finish_action_run(&t, "never-begun", true, None).await?);
-    Ok(())
-}
-
 // ---- automation ----
-
-async fn rules_start_from_a_trigger_install_or_an_event_kind(store: Store) -> anyhow::Result<()> {
-    let t = tenant(&store, "Acme").await?;
-    let other = tenant(&store, "Other").await?;
-    let v = plugin(&store, None, "p", "1.0.0", b"p").await?;
-    let trigger = install(&store, &t, &v).await?;
-    let action = install(&store, &t, &v).await?;
-    let theirs = install(&store, &other, &v).await?;
-
-    let by_plugin = store
-        .create_rule(
-            &t,
-            NewRule {
-                name: "dormant → reactivate".into(),
-                trigger_install_id: Some(trigger.clone()),
-                event_kind: None,
-                event_filter: Properties::new(),
-                action_install_id: action.clone(),
-                enabled: None,
-            },
-        )
-        .await?;
-    assert!(by_plugin.enabled);
-    let by_event = store
-        .create_rule(
-            &t,
-            NewRule {
-                name: "mql → notify".into(),
-                trigger_install_id: None,
-                event_kind: Some("lifecycle_stage_changed".into()),
-                event_filter: props(&[("to", text("mql"))]),
-                action_install_id: action.clone(),
-                enabled: Some(true),
-            },
-        )
-        .await?;
-    assert_eq!(store.get_rule(&t, &by_event.id).await?, Some(by_event.clone()));
-    assert_eq!(store.get_rule(&other, &by_event.id).await?, None);
-    assert_eq!(store.list_rules(&t).await?, vec![by_plugin.clone(), by_event.clone()]);
-    assert_eq!(store.list_rules_for_trigger(&t, &trigger).await?, vec![by_plugin.clone()]);
-
-    let neither = NewRule {
-        name: "x".into(),
-        trigger_install_id: None,
-        event_kind: None,
-        event_filter: BTreeMap::new(),
-        action_install_id: action.clone(),
-        enabled: None,
-    };
-    assert!(matches!(store.create_rule(&t, neither.clone()).await, Err(StoreError::Invalid(_))));
-    let foreign = NewRule { trigger_install_id: Some(theirs), ..neither.clone() };
-    assert!(matches!(store.create_rule(&t, foreign).await, Err(StoreError::UnknownReference { .. })));
-
-    assert!(store.set_rule_enabled(&t, &by_plugin.id, false).await?);
-    assert!(store.list_rules_for_trigger(&t, &trigger).await?.is_empty());
-    assert!(!store.delete_rule(&other, &by_event.id).await?);
-    assert!(store.delete_rule(&t, &by_event.id).await?);
-    // Removing an install removes the rules that use it.
-    store.delete_install(&t, &action).await?;
-    assert!(store.list_rules(&t).await?.is_empty());
-    Ok(())
-}
 
 async fn lifecycle_thresholds_are_set_listed_and_removed(store: Store) -> anyhow::Result<()> {
     let t = tenant(&store, "Acme").await?;

@@ -92,3 +92,8 @@ CREATE TABLE run_steps (
     UNIQUE (run_id, step_id)
 );
 CREATE INDEX run_steps_contact ON run_steps (tenant_id, contact_id, started_at);
+
+-- Workflows replace the single-step rules of 0001 (a pre-release stand-in
+-- that no tenant used): their definitions and idempotency records go.
+DROP TABLE IF EXISTS action_runs;
+DROP TABLE IF EXISTS rules;

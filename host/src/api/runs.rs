@@ -21,6 +21,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/runs/{id}/retry", post(retry))
 }
 
+/// Runs per page when the query names no `limit` (the default of every list).
+const DEFAULT_PAGE: u32 = 100;
+
 /// Query of `GET /v1/runs`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +46,9 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = RunFilter { workflow_id: q.workflow_id, contact_id: q.contact_id, status: q.status };
-    let page = state.store.list_runs(&tenant, &filter, q.cursor.as_deref(), q.limit.unwrap_or(0)).await?;
+    // Without `limit`, a full default page (as every other list), not the
+    // one run that the store's clamp makes of 0.
+    let page = state.store.list_runs(&tenant, &filter, q.cursor.as_deref(), q.limit.unwrap_or(DEFAULT_PAGE)).await?;
     Ok(Json(json!(page)))
 }
 

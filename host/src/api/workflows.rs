@@ -55,9 +55,9 @@ fn checked(state: &AppState, tenant: &str, body: &Value) -> Result<Definition, A
             "the definition is {size} bytes; the limit is {MAX_DEFINITION_BYTES}"
         )));
     }
-    let definition = definition::parse(body).map_err(refused)?;
-    let problems = validate::against_installs(&definition, &state.registry, tenant);
-    if problems.is_empty() { Ok(definition) } else { Err(refused(problems)) }
+    // The install checks run even when the document has problems of its
+    // own, so every problem comes back at once.
+    definition::parse_and(body, |d| validate::against_installs(d, &state.registry, tenant)).map_err(refused)
 }
 
 fn refused(problems: Vec<Problem>) -> ApiError {

@@ -133,6 +133,17 @@ impl Pipeline {
         let processed_in = started.elapsed();
         // One transaction: activity, scores and "processed" land together.
         self.store.finish_batch(&updates, &ids).await?;
+        // Goals read the contact as written just now (score, stage).
+        let mut touched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for u in &updates {
+            touched.entry(u.tenant_id.as_str()).or_default().push(u.contact_id.clone());
+        }
+        for (tenant, contacts) in touched {
+            if let Err(e) = self.workflows.check_goals(tenant, &contacts).await {
+                // Not fatal: every goal is checked again when its run wakes.
+                tracing::warn!(tenant, "checking workflow goals failed: {e}");
+            }
+        }
         if updates.iter().any(|u| u.stage_change.is_some()) {
             // The lifecycle events just committed are work for the next round.
             self.committed.notify_one();

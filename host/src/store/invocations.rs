@@ -1,21 +1,17 @@
-//! The record of plugin calls, and action-run idempotency.
+//! The record of plugin calls.
 //!
 //! Every invocation (score, execute, on-event, ...) is kept with its outcome,
 //! the cause of a failure (`deadline`, `fuel`, `memory`, `trap`, `plugin`,
 //! `output-too-large`, ...), fuel and time used: the run history users read,
 //! and the failure counts the circuit breaker reads.
-//!
-//! Action runs are keyed by the idempotency key a workflow step passes to its
-//! action (the same on every retry). [`Store::begin_action_run`] refuses a key
-//! that already succeeded, so a retried rule or step does not act twice.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::store::error::{Result, StoreError};
+use crate::store::error::Result;
 use crate::store::sql::{self, page_limit};
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 
 /// Longest error message kept: a plugin controls this text and could
 /// otherwise fill the table with one failure.
@@ -68,25 +64,6 @@ pub struct InvocationCounts {
     pub failed: i64,
 }
 
-/// The state of one action idempotency key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActionRun {
-    /// The key.
-    pub idempotency_key: String,
-    /// `running`, `succeeded` or `failed`.
-    pub status: String,
-    /// How many times it was begun.
-    pub attempts: i64,
-    /// Output of the successful run, as JSON.
-    pub output_json: Option<String>,
-    /// Error of the last failed run.
-    pub error: Option<String>,
-    /// Start of the latest attempt, epoch ms.
-    pub started_at: i64,
-    /// End of the latest attempt, epoch ms.
-    pub finished_at: Option<i64>,
-}
-
 /// Cut `s` to at most `max` bytes on a character boundary.
 fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -97,15 +74,6 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn checked_output(json: Option<&str>) -> Result<Option<&str>> {
-    match json {
-        Some(j) if j.len() > MAX_OUTPUT_JSON => {
-            Err(StoreError::Invalid(format!("output is at most {} KiB of JSON", MAX_OUTPUT_JSON >> 10)))
-        }
-        other => Ok(other),
-    }
 }
 
 /// Read an invocation row.
@@ -203,71 +171,5 @@ impl Store {
             }
         }
         Ok(counts)
-    }
-
-    /// Start (or retry) the action run with this key. False when a run with
-    /// this key already succeeded: the caller must not act again (and can
-    /// read the earlier output with [`Store::get_action_run`]).
-    pub async fn begin_action_run(&self, tenant: &str, key: &str) -> Result<bool> {
-        if key.is_empty() || key.len() > 512 {
-            return Err(StoreError::Invalid("an idempotency key is 1 to 512 bytes".into()));
-        }
-        let done = sqlx::query(
-            "INSERT INTO action_runs (tenant_id, idempotency_key, status, attempts, started_at) \
-             VALUES ($1, $2, 'running', 1, $3) \
-             ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET status = 'running', \
-             attempts = action_runs.attempts + 1, started_at = excluded.started_at, finished_at = NULL \
-             WHERE action_runs.status <> 'succeeded'",
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// Record the outcome of the action run begun with this key: `detail` is
-    /// its output JSON when `ok`, its error otherwise. False when no run with
-    /// this key was begun.
-    pub async fn finish_action_run(&self, tenant: &str, key: &str, ok: bool, detail: Option<&str>) -> Result<bool> {
-        let (output, error) = if ok { (checked_output(detail)?, None) } else { (None, detail) };
-        let done = sqlx::query(
-            "UPDATE action_runs SET status = $3, output_json = $4, error = $5, finished_at = $6 \
-             WHERE tenant_id = $1 AND idempotency_key = $2 AND status <> 'succeeded'",
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(if ok { "succeeded" } else { "failed" })
-        .bind(output)
-        .bind(error.map(|e| cut(e, MAX_ERROR_MESSAGE)))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// The action run with this key.
-    pub async fn get_action_run(&self, tenant: &str, key: &str) -> Result<Option<ActionRun>> {
-        let row = sqlx::query(
-            "SELECT idempotency_key, status, attempts, output_json, error, started_at, finished_at \
-             FROM action_runs WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(ActionRun {
-                idempotency_key: r.try_get("idempotency_key")?,
-                status: r.try_get("status")?,
-                attempts: r.try_get("attempts")?,
-                output_json: r.try_get("output_json")?,
-                error: r.try_get("error")?,
-                started_at: r.try_get("started_at")?,
-                finished_at: r.try_get("finished_at")?,
-            })
-        })
-        .transpose()
     }
 }

@@ -1,8 +1,9 @@
 //! The customer store: tenants and their API keys, contacts, companies,
 //! deals, tasks, notes, the event log and pipeline queue, plugin versions,
-//! installs and their state, rules, score thresholds, the history of plugin
-//! calls, and versioned workflows with their durable runs, over sqlx on SQLite (the embedded default, one file) or
-//! PostgreSQL (several host processes sharing one database).
+//! installs and their state, score thresholds, the history of plugin calls,
+//! and versioned workflows with their durable runs, over sqlx on SQLite (the
+//! embedded default, one file) or PostgreSQL (several host processes sharing
+//! one database).
 //!
 //! Every function that touches tenant data takes the tenant id and filters on
 //! it, so an id of another tenant behaves exactly like an id that does not
@@ -29,10 +30,9 @@
 //! - `events`: durable event ingest (batches, group commit), the pipeline
 //!   queue, event reads and the contact timeline.
 //! - `plugins`: plugin versions and bytes, installs, per-install state.
-//! - `automation`: rules (trigger install → action install) and lifecycle
-//!   score thresholds.
+//! - `automation`: lifecycle score thresholds.
 //! - `batch`: batched reads and one-transaction writes for the pipeline.
-//! - `invocations`: recorded plugin calls and action-run idempotency.
+//! - `invocations`: recorded plugin calls.
 //! - `workflows`: versioned workflow definitions, activation, due schedules.
 //! - `runs`: workflow runs (enrollment rules, due timers, progress, retries)
 //!   and their step records.
@@ -76,7 +76,7 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 use crate::clock::Clock;
 
-pub use automation::{LifecycleThreshold, NewRule, Rule};
+pub use automation::LifecycleThreshold;
 pub use batch::{ContactUpdate, StageChange};
 pub use contacts::{Contact, ContactFilter, ContactPatch, DEFAULT_STAGE, MAX_TAG, MAX_TAGS, NewContact, ScoreChange};
 pub use crm::{
@@ -87,7 +87,7 @@ pub use error::{Result, StoreError};
 pub use events::{
     CLAIM_LEASE_MS, Event, MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY, MAX_KIND, MAX_RECENT, NewEvent, TimelineEntry,
 };
-pub use invocations::{ActionRun, InvocationCounts, InvocationRecord, MAX_ERROR_MESSAGE, MAX_OUTPUT_JSON};
+pub use invocations::{InvocationCounts, InvocationRecord, MAX_ERROR_MESSAGE, MAX_OUTPUT_JSON};
 pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
 pub use runs::{EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep};
 pub use tenants::{KEY_PREFIX, MAX_TIME_ZONE, Principal, Tenant};

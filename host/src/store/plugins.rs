@@ -452,7 +452,8 @@ impl Store {
         Ok(())
     }
 
-    /// Remove install `id` with its state and the rules that use it.
+    /// Remove install `id` with its state. Workflows that name it fail that
+    /// step with "not installed" (visible on the run) until it is replaced.
     pub async fn delete_install(&self, tenant: &str, id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM installs WHERE tenant_id = $1 AND id = $2")
             .bind(tenant)

@@ -663,6 +663,24 @@ impl Store {
         Ok(runs)
     }
 
+    /// Make waiting run `id` due at `at` if it was due later (a goal was met
+    /// while it waited: the runner claims it and ends it). A run another
+    /// worker holds is left alone: it checks goals itself. False when nothing
+    /// changed.
+    pub async fn wake_run(&self, tenant: &str, id: &str, at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE workflow_runs SET wake_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'waiting' \
+             AND wake_at > $3 AND (lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Send a failed run back to work from the step that failed: `waiting`,
     /// due at `at`, attempts and error cleared. `None` when the run does not
     /// exist in `tenant`; [`StoreError::Invalid`] when it exists but is not

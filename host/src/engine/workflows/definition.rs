@@ -407,6 +407,18 @@ impl std::fmt::Display for Problem {
 
 /// Parse and check a definition. Every problem found is returned.
 pub fn parse(json: &serde_json::Value) -> Result<Definition, Vec<Problem>> {
+    parse_and(json, |_| Vec::new())
+}
+
+/// [`parse`], with `more` checks (those against the tenant's installs) run
+/// on every document that deserializes, also when it has problems of its
+/// own: every problem comes back in one answer. A problem `more` finds at a
+/// pointer the document's checks already named is left out (one message per
+/// field is enough: an empty `install_id` need not also be "not installed").
+pub fn parse_and(
+    json: &serde_json::Value,
+    more: impl FnOnce(&Definition) -> Vec<Problem>,
+) -> Result<Definition, Vec<Problem>> {
     let definition: Definition = match serde_path_to_error::deserialize(json) {
         Ok(d) => d,
         Err(e) => {
@@ -414,7 +426,9 @@ pub fn parse(json: &serde_json::Value) -> Result<Definition, Vec<Problem>> {
             return Err(vec![Problem { pointer, message: e.into_inner().to_string() }]);
         }
     };
-    let problems = check(&definition);
+    let mut problems = check(&definition);
+    let named: HashSet<String> = problems.iter().map(|p| p.pointer.clone()).collect();
+    problems.extend(more(&definition).into_iter().filter(|p| !named.contains(&p.pointer)));
     if problems.is_empty() { Ok(definition) } else { Err(problems) }
 }
 
@@ -846,6 +860,23 @@ mod tests {
         {
             assert!(pointers.iter().any(|p| p == expected), "{expected} missing from {pointers:?}");
         }
+    }
+
+    #[test]
+    fn further_checks_run_on_a_document_with_problems_of_its_own() {
+        let doc = minimal(json!([
+            {"id": "a", "type": "delay", "duration": "5 parsecs"},
+            {"id": "b", "type": "action", "install_id": ""},
+            {"id": "c", "type": "action", "install_id": "gone"}
+        ]));
+        let installs = |d: &Definition| {
+            installs_named(d)
+                .into_iter()
+                .map(|(pointer, id, _)| Problem { pointer, message: format!("`{id}` is not installed") })
+                .collect()
+        };
+        let pointers: Vec<String> = parse_and(&doc, installs).unwrap_err().into_iter().map(|p| p.pointer).collect();
+        assert_eq!(pointers, ["/steps/0/duration", "/steps/1/install_id", "/steps/2/install_id"]);
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl Workflows {
                         idempotency_key: &key,
                     };
                     match self.registry.get(tenant, install_id) {
-                        None => step.error = Some(json!({"cause": "not-installed", "message": format!("install `{install_id}` is not installed")})),
+                        None => step.error = Some(self.unavailable_install(tenant, install_id).await.0),
                         Some(active) if !active.install.enabled => {
                             step.error = Some(json!({"cause": "disabled", "message": format!("install `{install_id}` is disabled")}))
                         }

@@ -6,8 +6,9 @@
 //! already holds the contact's history). Schedules fire from the runner's
 //! loop. Either way the result is a [`Candidate`] with an *enrollment key*
 //! derived from what caused it (`event:<event id>`, `score:<event id>`,
-//! `schedule:<time>`), so processing the same events twice, after a crash,
-//! never enrolls twice: the store refuses a key it has seen.
+//! `schedule:<time>:<contact id>`), so processing the same events twice, or
+//! firing the same schedule twice, after a crash, never enrolls twice: the
+//! store refuses a key it has seen for the workflow.
 //!
 //! Enrollment rules are checked in the store, in one transaction with the
 //! insert: no two in-flight runs of one workflow for one contact; no second
@@ -192,7 +193,6 @@ impl Workflows {
                 version: workflow.active_version.unwrap_or_default(),
                 program: program.clone(),
             });
-            let key = format!("schedule:{fired_at}");
             let mut cursor: Option<String> = None;
             let mut enrolled = 0;
             loop {
@@ -201,8 +201,10 @@ impl Workflows {
                 for contact in &page.items {
                     let facts = Facts { contact, now, enrolled_at: None, events: Events::Store(&self.store) };
                     if condition::holds(segment, &facts).await? {
-                        enrolled +=
-                            self.enroll(tenant, contact, &[candidate(&active, key.clone(), None)]).await?;
+                        // Keys are unique per workflow, not per contact: the
+                        // key names the contact, or only the first would enroll.
+                        let key = format!("schedule:{fired_at}:{}", contact.id);
+                        enrolled += self.enroll(tenant, contact, &[candidate(&active, key, None)]).await?;
                     }
                 }
                 match page.next_cursor {

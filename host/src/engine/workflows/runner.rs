@@ -215,7 +215,7 @@ impl Workflows {
     ) -> Outcome {
         let next = program.node(&record.step_id).and_then(|n| n.next.clone());
         let result = match self.registry.get(&run.tenant_id, install_id) {
-            None => Err(step_error("not-installed", format!("install `{install_id}` is not installed"), false)),
+            None => Err(self.unavailable_install(&run.tenant_id, install_id).await),
             Some(active) if !active.install.enabled => {
                 Err(step_error("disabled", format!("install `{install_id}` is disabled"), false))
             }
@@ -259,6 +259,25 @@ impl Workflows {
         }
     }
 
+    /// Why an install a step names is not in the registry, as a step error
+    /// `(error, retryable)`. The registry loads enabled installs only, so a
+    /// disabled install is missing there too: the store tells "disabled"
+    /// (the tenant can enable it and retry the run) from "not installed".
+    pub(crate) async fn unavailable_install(&self, tenant: &str, install_id: &str) -> (Json, bool) {
+        match self.store.get_install(tenant, install_id).await {
+            Ok(Some(install)) if !install.enabled => {
+                step_error("disabled", format!("install `{install_id}` ({}) is disabled", install.plugin_name), false)
+            }
+            Ok(_) => step_error("not-installed", format!("install `{install_id}` is not installed"), false),
+            // Not knowing is not "not installed": try again later. The
+            // database's words go to the log, not into the run's record.
+            Err(e) => {
+                tracing::warn!(install = %install_id, "looking up an install failed: {e}");
+                step_error("store", format!("install `{install_id}` could not be looked up"), true)
+            }
+        }
+    }
+
     pub(crate) fn scope(&self, tenant: &str, active: &crate::registry::ActiveInstall, test_mode: bool) -> CallScope {
         CallScope {
             tenant_id: tenant.to_string(),
@@ -287,6 +306,31 @@ impl Workflows {
             }
         }
         Ok(None)
+    }
+
+    /// Goals are checked whenever a run wakes; this makes a waiting run
+    /// wake *now* when new events of its contact met one of its goals (e.g.
+    /// "a deal was created" during a five-day delay), so it ends at once
+    /// instead of when its timer fires. The runner does the ending: it holds
+    /// the run's claim, so nothing races with a step in progress.
+    pub async fn check_goals(&self, tenant: &str, contact_ids: &[String]) -> Result<(), StoreError> {
+        let runs = self.store.in_flight_runs(tenant, contact_ids).await?;
+        let now = self.clock.now();
+        let mut woke = false;
+        for run in runs.iter().filter(|r| r.wake_at.is_some_and(|w| w > now)) {
+            let Some(program) = self.program(tenant, &run.workflow_id, run.version).await? else { continue };
+            if program.definition.goals.is_empty() {
+                continue;
+            }
+            let Some(contact) = self.store.get_contact(tenant, &run.contact_id).await? else { continue };
+            if self.goal_met(&program, &contact, run).await?.is_some() {
+                woke |= self.store.wake_run(tenant, &run.id, now).await?;
+            }
+        }
+        if woke {
+            self.wake();
+        }
+        Ok(())
     }
 
     pub(crate) async fn exit_on_goal(&self, run: &Run, goal: &str) -> Result<(), StoreError> {

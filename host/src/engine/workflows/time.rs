@@ -248,7 +248,12 @@ pub fn parse_weekday(text: &str) -> Result<Weekday, String> {
 ///    Sunday + 1 are Monday, Saturday + 2 is Tuesday). Public holidays are
 ///    not known here and count as working days;
 /// 3. `until`: move forward to the next time the wall clock shows it: today
-///    if that is still ahead (or now), else tomorrow;
+///    if that is still ahead, else tomorrow. A delay that is only `until`
+///    never ends at the instant it starts ("until 09:00" at 09:00 sharp is
+///    tomorrow's 09:00: today's is not ahead, and a wait step that does not
+///    wait would send the next message at once); after a span or business
+///    days, the instant reached may itself be the target ("1d, until 09:00"
+///    from 09:00 ends at 09:00 the next day, not the day after);
 /// 4. `weekdays_only`: a result on Saturday or Sunday moves to Monday, at the
 ///    same wall time, or at `until` when that is set.
 ///
@@ -300,6 +305,10 @@ fn try_delay_end(start_ms: i64, spec: &DelaySpec, tz: &TimeZone) -> Option<i64> 
         None => None,
     };
     if let Some(until) = until {
+        // Nothing moved it: `until` alone looks strictly ahead (rule 3).
+        if at.as_millisecond() == start_ms {
+            at = at.checked_add(SignedDuration::from_millis(1)).ok()?;
+        }
         at = next_wall_time(at, until, tz)?;
     }
     if spec.weekdays_only {
@@ -656,12 +665,19 @@ mod tests {
     }
 
     #[test]
-    fn until_nine_at_nine_does_not_wait() {
+    fn until_nine_at_nine_waits_for_tomorrows_nine() {
         let spec = DelaySpec { until: Some(tod(9, 0)), ..DelaySpec::default() };
         let start = ms("2026-11-26T09:00[UTC]");
-        assert_eq!(delay_end(start, &spec, &zone("UTC")), start);
-        // A millisecond late is a day late.
+        assert_eq!(delay_end(start, &spec, &zone("UTC")), ms("2026-11-27T09:00[UTC]"));
         assert_eq!(delay_end(start + 1, &spec, &zone("UTC")), ms("2026-11-27T09:00[UTC]"));
+        assert_eq!(delay_end(start - 1, &spec, &zone("UTC")), start);
+    }
+
+    #[test]
+    fn a_day_then_until_nine_from_nine_is_the_next_days_nine() {
+        let spec = DelaySpec { span: Span { days: 1, ms: 0 }, until: Some(tod(9, 0)), ..DelaySpec::default() };
+        let start = ms("2026-11-23T09:00[Europe/Berlin]");
+        assert_eq!(delay_end(start, &spec, &zone("Europe/Berlin")), ms("2026-11-24T09:00[Europe/Berlin]"));
     }
 
     #[test]
