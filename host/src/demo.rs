@@ -246,7 +246,12 @@ pub async fn set_up(base: &str, admin_key: &str, hooks_base: &str) -> anyhow::Re
         ("email", "webhook", hook("email"), &http),
         ("sales_webhook", "webhook", hook("sales"), &http),
         ("cs_webhook", "webhook", hook("cs"), &http),
-        ("pricing_visits", "page-visits", json!({"url_contains": "/pricing", "times": 3, "within_days": 7}), &Value::Null),
+        (
+            "pricing_visits",
+            "page-visits",
+            json!({"url_contains": "/pricing", "times": 3, "within_days": 7}),
+            &Value::Null,
+        ),
     ];
     let mut installs = BTreeMap::new();
     for (placeholder, plugin, config, grants) in wanted {
@@ -321,7 +326,12 @@ pub async fn run() -> anyhow::Result<()> {
     config.runtime = RuntimeSettings { allow_private_network: true, ..config.runtime };
     let server = server::start(config).await?;
     let admin_key = server.generated_admin_key.clone().context("a fresh store generates an admin key")?;
-    println!("Cairn on {} with a fresh SQLite store in {} (started in {} ms)", server.url(), dir.display(), server.startup.as_millis());
+    println!(
+        "Cairn on {} with a fresh SQLite store in {} (started in {} ms)",
+        server.url(),
+        dir.display(),
+        server.startup.as_millis()
+    );
 
     let receiver = start_receiver(WEBHOOK_SECRET).await?;
     let s = set_up(&server.url(), &admin_key, &format!("http://{}", receiver.addr)).await?;
@@ -344,7 +354,8 @@ pub async fn run() -> anyhow::Result<()> {
     let lead_id = lead["id"].as_str().context("contact id")?.to_string();
     println!("[{}] New lead Ada Lovelace <ada@example.com>, region EMEA, no owner", local(clock.now()));
     let run_id = wait_for(Duration::from_secs(10), || async {
-        let runs = s.client.ok(Method::GET, &format!("/v1/runs?workflow_id={welcome}&contact_id={lead_id}"), None).await?;
+        let runs =
+            s.client.ok(Method::GET, &format!("/v1/runs?workflow_id={welcome}&contact_id={lead_id}"), None).await?;
         Ok(runs["items"][0]["id"].as_str().map(str::to_string))
     })
     .await
@@ -450,7 +461,8 @@ pub async fn run() -> anyhow::Result<()> {
         );
     }
     let metrics = reqwest::get(format!("{}/metrics", server.url())).await?.text().await?;
-    for line in metrics.lines().filter(|l| l.starts_with("cairn_workflow_") || l.starts_with("cairn_events_processed")) {
+    for line in metrics.lines().filter(|l| l.starts_with("cairn_workflow_") || l.starts_with("cairn_events_processed"))
+    {
         println!("  {line}");
     }
     server.shutdown().await;

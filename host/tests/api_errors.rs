@@ -219,7 +219,16 @@ async fn refused_uploads_and_bad_configs_say_what_is_wrong() {
     assert_eq!(s, 404);
 
     let doc = reqwest::get(format!("{}/openapi.json", server.url())).await.unwrap().json::<Value>().await.unwrap();
-    for path in ["/v1/contacts", "/v1/events", "/v1/plugins", "/v1/installs", "/v1/workflows", "/v1/runs", "/v1/tenants", "/healthz"] {
+    for path in [
+        "/v1/contacts",
+        "/v1/events",
+        "/v1/plugins",
+        "/v1/installs",
+        "/v1/workflows",
+        "/v1/runs",
+        "/v1/tenants",
+        "/healthz",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
     server.shutdown().await;

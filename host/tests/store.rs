@@ -12,8 +12,7 @@ use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
     ContactFilter, ContactPatch, InstallPatch, InvocationRecord, NewCompany, NewContact, NewDeal, NewEvent, NewInstall,
-    NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id,
-    now_ms,
+    NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
 };
 use sqlx::Row;
 

@@ -48,7 +48,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "cairn_workflow_steps_total{{result=\"failed\"}} {}", w.steps_failed.load(Ordering::Relaxed));
     let _ = writeln!(out, "# TYPE cairn_workflow_runs_finished_total counter");
     for (status, n) in [("completed", &w.runs_completed), ("failed", &w.runs_failed), ("exited", &w.goals_met)] {
-        let _ = writeln!(out, "cairn_workflow_runs_finished_total{{status=\"{status}\"}} {}", n.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "cairn_workflow_runs_finished_total{{status=\"{status}\"}} {}", n.load(Ordering::Relaxed));
     }
     let _ = writeln!(out, "# TYPE cairn_plugins_loaded gauge");
     let _ = writeln!(out, "cairn_plugins_loaded {}", state.registry.loaded_plugin_count());

@@ -17,9 +17,7 @@ use crate::store::Principal;
 
 /// Routes of this module.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants", post(create).get(list))
-        .route("/v1/tenant", get(fetch_own).patch(patch_own))
+    Router::new().route("/v1/tenants", post(create).get(list)).route("/v1/tenant", get(fetch_own).patch(patch_own))
 }
 
 /// Body of `POST /v1/tenants`.

@@ -51,9 +51,7 @@ pub struct SaveQuery {
 fn checked(state: &AppState, tenant: &str, body: &Value) -> Result<Definition, ApiError> {
     let size = body.to_string().len();
     if size > MAX_DEFINITION_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "the definition is {size} bytes; the limit is {MAX_DEFINITION_BYTES}"
-        )));
+        return Err(ApiError::TooLarge(format!("the definition is {size} bytes; the limit is {MAX_DEFINITION_BYTES}")));
     }
     // The install checks run even when the document has problems of its
     // own, so every problem comes back at once.
@@ -80,7 +78,8 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let definition = checked(&state, &tenant, &body)?;
     let (workflow, version) = state.store.create_workflow(&tenant, &definition.name, &json!(definition)).await?;
-    let workflow = if q.activate { activate_version(&state, &tenant, &workflow.id, version.version).await? } else { workflow };
+    let workflow =
+        if q.activate { activate_version(&state, &tenant, &workflow.id, version.version).await? } else { workflow };
     Ok((StatusCode::CREATED, Json(json!({"workflow": workflow, "version": version}))))
 }
 

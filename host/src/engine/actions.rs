@@ -47,7 +47,8 @@ pub async fn call(
     }
     let mut properties = Vec::new();
     if let Some(e) = event {
-        properties.push(types::Property { name: "trigger_event_kind".into(), value: types::Value::Text(e.kind.clone()) });
+        properties
+            .push(types::Property { name: "trigger_event_kind".into(), value: types::Value::Text(e.kind.clone()) });
     }
     let message = guest::channel::Message {
         contact: wit_contact,
@@ -112,7 +113,8 @@ mod tests {
 
     #[test]
     fn step_config_overrides_top_level_keys_of_the_install_config() {
-        let merged = merged_config(r#"{"title":"x","due_in_hours":24}"#, Some(&serde_json::json!({"title": "Call now"})));
+        let merged =
+            merged_config(r#"{"title":"x","due_in_hours":24}"#, Some(&serde_json::json!({"title": "Call now"})));
         let v: serde_json::Value = serde_json::from_str(&merged).unwrap_or_default();
         assert_eq!(v, serde_json::json!({"title": "Call now", "due_in_hours": 24}));
         assert_eq!(merged_config("{}", None), "{}");

@@ -40,9 +40,7 @@ impl AutomationCache {
         {
             return Ok(entry);
         }
-        let entry = Arc::new(TenantAutomation {
-            thresholds: self.store.list_lifecycle_thresholds(tenant).await?,
-        });
+        let entry = Arc::new(TenantAutomation { thresholds: self.store.list_lifecycle_thresholds(tenant).await? });
         if let Ok(mut m) = self.entries.lock() {
             m.insert(tenant.to_string(), (Instant::now(), entry.clone()));
         }

@@ -16,9 +16,9 @@ pub mod automation;
 pub mod clock {
     pub use crate::clock::*;
 }
+pub mod actions;
 pub mod intake;
 pub mod pipeline;
-pub mod actions;
 pub mod workflows;
 
 pub use crate::clock::Clock;

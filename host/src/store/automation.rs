@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::store::Store;
 use crate::store::contacts::clean_stage;
 use crate::store::error::{Result, StoreError};
-use crate::store::Store;
 
 /// A contact whose score reaches `min_score` moves to `stage`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

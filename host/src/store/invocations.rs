@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::store::Store;
 use crate::store::error::Result;
 use crate::store::sql::{self, page_limit};
-use crate::store::Store;
 
 /// Longest error message kept: a plugin controls this text and could
 /// otherwise fill the table with one failure.

@@ -126,7 +126,13 @@ mod tests {
     use super::*;
 
     fn event(kind: &str) -> Event {
-        Event { id: String::new(), contact_id: String::new(), kind: kind.into(), occurred_at: 0, properties: Default::default() }
+        Event {
+            id: String::new(),
+            contact_id: String::new(),
+            kind: kind.into(),
+            occurred_at: 0,
+            properties: Default::default(),
+        }
     }
 
     fn config() -> Config {

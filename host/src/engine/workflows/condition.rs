@@ -59,7 +59,9 @@ pub fn holds<'a>(
                 let rank = |s: &str| STAGES.iter().position(|x| *x == s);
                 match (is, at_least) {
                     (Some(s), _) => contact.lifecycle_stage == *s,
-                    (None, Some(s)) => matches!((rank(&contact.lifecycle_stage), rank(s)), (Some(c), Some(t)) if c >= t),
+                    (None, Some(s)) => {
+                        matches!((rank(&contact.lifecycle_stage), rank(s)), (Some(c), Some(t)) if c >= t)
+                    }
                     (None, None) => false,
                 }
             }
@@ -231,10 +233,14 @@ mod tests {
     async fn properties_tags_score_and_stage_are_read_from_the_contact() {
         use serde_json::json;
         assert!(check(json!({"type": "property", "name": "country", "op": "eq", "value": "de"}), &[], None).await);
-        assert!(check(json!({"type": "property", "name": "country", "op": "in", "value": ["FR", "DE"]}), &[], None).await);
+        assert!(
+            check(json!({"type": "property", "name": "country", "op": "in", "value": ["FR", "DE"]}), &[], None).await
+        );
         assert!(check(json!({"type": "property", "name": "region", "op": "not_exists"}), &[], None).await);
         assert!(!check(json!({"type": "property", "name": "region", "op": "eq", "value": "x"}), &[], None).await);
-        assert!(check(json!({"type": "property", "name": "email", "op": "contains", "value": "EXAMPLE"}), &[], None).await);
+        assert!(
+            check(json!({"type": "property", "name": "email", "op": "contains", "value": "EXAMPLE"}), &[], None).await
+        );
         assert!(check(json!({"type": "tag", "tag": "vip"}), &[], None).await);
         assert!(check(json!({"type": "score", "op": "gte", "value": 42}), &[], None).await);
         assert!(!check(json!({"type": "score", "op": "gt", "value": 42}), &[], None).await);

@@ -713,8 +713,7 @@ pub fn schedule_of(trigger: &Trigger) -> Result<ScheduleSpec, Problem> {
     let mut days = Vec::new();
     for (i, d) in weekdays.iter().enumerate() {
         days.push(
-            time::parse_weekday(d)
-                .map_err(|message| Problem { pointer: format!("/trigger/weekdays/{i}"), message })?,
+            time::parse_weekday(d).map_err(|message| Problem { pointer: format!("/trigger/weekdays/{i}"), message })?,
         );
     }
     Ok(ScheduleSpec { at, weekdays: days })
@@ -894,7 +893,10 @@ mod tests {
             "steps": [{"id": "a", "type": "if", "condition": {"type": "property", "name": "x", "op": "gt"}}]
         });
         let pointers: Vec<String> = problems(doc).into_iter().map(|p| p.pointer).collect();
-        assert_eq!(pointers, ["/trigger/at", "/trigger/segment/days", "/goals/0/condition/is", "/steps/0/condition/value"]);
+        assert_eq!(
+            pointers,
+            ["/trigger/at", "/trigger/segment/days", "/goals/0/condition/is", "/steps/0/condition/value"]
+        );
     }
 
     #[test]

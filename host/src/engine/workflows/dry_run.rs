@@ -150,8 +150,14 @@ impl Workflows {
                 }
             }
             let Some(node) = program.node(&step_id) else { break };
-            let mut step =
-                PathStep { step_id: step_id.clone(), kind: node.step.kind(), result: Json::Null, error: None, duration_us: None, fuel_used: None };
+            let mut step = PathStep {
+                step_id: step_id.clone(),
+                kind: node.step.kind(),
+                result: Json::Null,
+                error: None,
+                duration_us: None,
+                fuel_used: None,
+            };
             cursor = node.next.clone();
             match &node.step {
                 Step::Delay { .. } => {
@@ -167,7 +173,8 @@ impl Workflows {
                     step.result = json!({"branch": if holds { "then" } else { "else" }});
                 }
                 Step::Split { variants, .. } => {
-                    let forced = request.variant.as_ref().and_then(|name| variants.iter().position(|v| &v.name == name));
+                    let forced =
+                        request.variant.as_ref().and_then(|name| variants.iter().position(|v| &v.name == name));
                     let chosen =
                         forced.unwrap_or_else(|| pick_variant(&variants.iter().map(|v| v.weight).collect::<Vec<_>>()));
                     cursor = node.variants.get(chosen).cloned().flatten();
@@ -184,7 +191,9 @@ impl Workflows {
                     match self.registry.get(tenant, install_id) {
                         None => step.error = Some(self.unavailable_install(tenant, install_id).await.0),
                         Some(active) if !active.install.enabled => {
-                            step.error = Some(json!({"cause": "disabled", "message": format!("install `{install_id}` is disabled")}))
+                            step.error = Some(
+                                json!({"cause": "disabled", "message": format!("install `{install_id}` is disabled")}),
+                            )
                         }
                         Some(active) => {
                             let mut scope = self.scope(tenant, &active, true);
@@ -198,7 +207,9 @@ impl Workflows {
                                     step.fuel_used = Some(called.stats.fuel_used);
                                 }
                                 Err(e) => {
-                                    step.error = Some(json!({"cause": e.cause.as_str(), "message": e.message, "retryable": e.retryable}));
+                                    step.error = Some(
+                                        json!({"cause": e.cause.as_str(), "message": e.message, "retryable": e.retryable}),
+                                    );
                                     step.duration_us = Some(e.stats.duration_us);
                                     step.fuel_used = Some(e.stats.fuel_used);
                                 }

@@ -196,8 +196,10 @@ impl Workflows {
             let mut cursor: Option<String> = None;
             let mut enrolled = 0;
             loop {
-                let page =
-                    self.store.list_contacts(tenant, &ContactFilter::default(), cursor.as_deref(), SEGMENT_PAGE).await?;
+                let page = self
+                    .store
+                    .list_contacts(tenant, &ContactFilter::default(), cursor.as_deref(), SEGMENT_PAGE)
+                    .await?;
                 for contact in &page.items {
                     let facts = Facts { contact, now, enrolled_at: None, events: Events::Store(&self.store) };
                     if condition::holds(segment, &facts).await? {

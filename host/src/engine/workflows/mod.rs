@@ -171,7 +171,12 @@ impl Workflows {
     }
 
     /// Version `version` of `workflow`, compiled (cached: versions never change).
-    pub async fn program(&self, tenant: &str, workflow: &str, version: i64) -> Result<Option<Arc<Program>>, StoreError> {
+    pub async fn program(
+        &self,
+        tenant: &str,
+        workflow: &str,
+        version: i64,
+    ) -> Result<Option<Arc<Program>>, StoreError> {
         if let Some(p) = self.programs.lock().ok().and_then(|m| m.get(&(workflow.to_string(), version)).cloned()) {
             return Ok(Some(p));
         }

@@ -126,7 +126,9 @@ impl Workflows {
                         body: message.as_ref().map(|m| m.body.as_str()),
                         idempotency_key: &key,
                     };
-                    record.input = Some(json!({"install_id": install_id, "config": config, "message": message, "idempotency_key": key}));
+                    record.input = Some(
+                        json!({"install_id": install_id, "config": config, "message": message, "idempotency_key": key}),
+                    );
                     let outcome = self
                         .action(&run, &program, install_id, &contact, trigger_event.as_ref(), &call, &mut record)
                         .await;
@@ -298,8 +300,12 @@ impl Workflows {
         contact: &Contact,
         run: &Run,
     ) -> Result<Option<String>, StoreError> {
-        let facts =
-            Facts { contact, now: self.clock.now(), enrolled_at: Some(run.enrolled_at), events: Events::Store(&self.store) };
+        let facts = Facts {
+            contact,
+            now: self.clock.now(),
+            enrolled_at: Some(run.enrolled_at),
+            events: Events::Store(&self.store),
+        };
         for goal in &program.definition.goals {
             if condition::holds(&goal.condition, &facts).await? {
                 return Ok(Some(goal.id.clone()));
@@ -338,7 +344,13 @@ impl Workflows {
         self.finish(run, EXITED, None, Some(&format!("goal:{goal}"))).await
     }
 
-    async fn finish(&self, run: &Run, status: &str, error: Option<Json>, reason: Option<&str>) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        run: &Run,
+        status: &str,
+        error: Option<Json>,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         if status == FAILED {
             self.count(&self.stats.runs_failed);
         }

@@ -30,10 +30,16 @@ pub fn against_installs(definition: &Definition, registry: &Registry, tenant: &s
                     continue;
                 }
                 if message.is_some() && !channel {
-                    add(format!("{step}/message"), format!("install `{install_id}` ({name}) is not a channel: it cannot send a message"));
+                    add(
+                        format!("{step}/message"),
+                        format!("install `{install_id}` ({name}) is not a channel: it cannot send a message"),
+                    );
                 }
                 if message.is_none() && !action {
-                    add(format!("{step}/message"), format!("install `{install_id}` ({name}) is a channel: the step needs a `message`"));
+                    add(
+                        format!("{step}/message"),
+                        format!("install `{install_id}` ({name}) is a channel: the step needs a `message`"),
+                    );
                 }
                 if step_config.is_some() {
                     let merged = merged_config(&active.config_text, step_config);
