@@ -100,7 +100,8 @@ async fn wait_ended(world: &World, id: &str) -> Value {
     world.wait_run_state(id, "ended", |r| r["status"] != "waiting").await
 }
 
-/// The step records of run `run` for `step_id` (a delay has one per visit).
+/// The records of step `step_id` in `run` (one per step: a later visit of a
+/// delay, or a retry, updates it).
 fn steps<'r>(run: &'r Value, step_id: &str) -> Vec<&'r Value> {
     run["steps"].as_array().into_iter().flatten().filter(|s| s["step_id"] == step_id).collect()
 }

@@ -9,6 +9,8 @@
 //! they enrolled on. `?activate=true` on create or `PUT` saves and activates
 //! in one call.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -48,14 +50,22 @@ pub struct SaveQuery {
 }
 
 /// Parse and check `body` for `tenant`; a 422 listing every problem.
-fn checked(state: &AppState, tenant: &str, body: &Value) -> Result<Definition, ApiError> {
+async fn checked(state: &AppState, tenant: &str, body: &Value) -> Result<Definition, ApiError> {
     let size = body.to_string().len();
     if size > MAX_DEFINITION_BYTES {
         return Err(ApiError::TooLarge(format!("the definition is {size} bytes; the limit is {MAX_DEFINITION_BYTES}")));
     }
+    let disabled: HashMap<String, String> = state
+        .store
+        .list_installs(tenant)
+        .await?
+        .into_iter()
+        .filter(|i| !i.enabled)
+        .map(|i| (i.id, i.plugin_name))
+        .collect();
     // The install checks run even when the document has problems of its
     // own, so every problem comes back at once.
-    definition::parse_and(body, |d| validate::against_installs(d, &state.registry, tenant)).map_err(refused)
+    definition::parse_and(body, |d| validate::against_installs(d, &state.registry, tenant, &disabled)).map_err(refused)
 }
 
 fn refused(problems: Vec<Problem>) -> ApiError {
@@ -76,7 +86,7 @@ async fn create(
     Query(q): Query<SaveQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let definition = checked(&state, &tenant, &body)?;
+    let definition = checked(&state, &tenant, &body).await?;
     let (workflow, version) = state.store.create_workflow(&tenant, &definition.name, &json!(definition)).await?;
     let workflow =
         if q.activate { activate_version(&state, &tenant, &workflow.id, version.version).await? } else { workflow };
@@ -90,7 +100,7 @@ async fn new_version(
     Query(q): Query<SaveQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let definition = checked(&state, &tenant, &body)?;
+    let definition = checked(&state, &tenant, &body).await?;
     let version = state
         .store
         .add_workflow_version(&tenant, &id, &definition.name, &json!(definition))
@@ -164,7 +174,7 @@ async fn activate(
 /// removed since it was saved); a schedule trigger gets its first firing.
 async fn activate_version(state: &AppState, tenant: &str, id: &str, version: i64) -> Result<Workflow, ApiError> {
     let v = state.store.get_workflow_version(tenant, id, version).await?.ok_or(ApiError::NotFound("version"))?;
-    let definition = checked(state, tenant, &v.definition)?;
+    let definition = checked(state, tenant, &v.definition).await?;
     let next_fire_at = match &definition.trigger {
         Trigger::Schedule { .. } => {
             let spec = definition::schedule_of(&definition.trigger).map_err(|p| refused(vec![p]))?;

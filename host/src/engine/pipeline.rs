@@ -11,14 +11,17 @@
 //!    through the pipeline like any other;
 //! 3. the tenant's active workflows whose trigger the events match enroll
 //!    the contact: built-in triggers (event, property change, score
-//!    crossing) natively, plugin triggers in wasm. Enrolling only records a
-//!    durable run; the workflow runner does the steps.
+//!    crossing) natively, plugin triggers in wasm. Suppression is checked
+//!    here, on the contact as the batch will write it.
 //!
 //! Then one transaction records last activity, scores, score history, stage
-//! changes with their `lifecycle_stage_changed` events, and marks the batch
-//! processed. A crash in between re-runs the batch after restart: scoring is
-//! idempotent, a stage only moves forward, and enrollments are keyed by the
-//! event that caused them, so the store refuses a second one.
+//! changes with their `lifecycle_stage_changed` events, the enrollments
+//! (with the store's enrollment rules), and marks the batch processed: a
+//! run never starts from the score before the event that enrolled it. A
+//! crash in between re-runs the batch after restart: scoring is idempotent,
+//! a stage only moves forward, and enrollments are keyed by the event that
+//! caused them. The workflow runner then does the runs' steps; after the
+//! commit, runs waiting on a goal the new events met are woken.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,8 +134,10 @@ impl Pipeline {
             updates.extend(self.process_tenant(&tenant, by_contact).await?);
         }
         let processed_in = started.elapsed();
-        // One transaction: activity, scores and "processed" land together.
-        self.store.finish_batch(&updates, &ids).await?;
+        // One transaction: activity, scores, enrollments and "processed"
+        // land together.
+        let decided = self.store.finish_batch(&updates, &ids).await?;
+        self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
         // Goals read the contact as written just now (score, stage).
         let mut touched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for u in &updates {
@@ -273,12 +278,14 @@ impl Pipeline {
             last_activity_at: events.iter().map(|e| e.occurred_at).max(),
             score: None,
             stage_change: None,
+            enrollments: Vec::new(),
         };
         let (contact, score, stage) = self.score(tenant, contact, &installs.scorers, &history, automation).await?;
         let score_change = score.as_ref().map(|(before, after, _)| (*before, *after));
         update.score = score;
         update.stage_change = stage;
-        self.enroll(tenant, &contact, &events, score_change, &installs.triggers, &history).await?;
+        update.enrollments =
+            self.enrollments(tenant, &contact, &events, score_change, &installs.triggers, &history).await?;
         Ok(update)
     }
 
@@ -368,9 +375,11 @@ impl Pipeline {
         Ok(Some(StageChange { stage: target.stage.clone(), properties, at: self.clock.now() }))
     }
 
-    /// Enroll the contact in every active workflow its events trigger:
-    /// built-in triggers natively, plugin triggers through their install.
-    async fn enroll(
+    /// The enrollments the contact's events cause in the tenant's active
+    /// workflows: built-in triggers natively, plugin triggers through their
+    /// install (which may name other contacts of the tenant). They are
+    /// recorded with the batch.
+    async fn enrollments(
         &self,
         tenant: &str,
         contact: &store::Contact,
@@ -378,23 +387,23 @@ impl Pipeline {
         score: Option<(f64, f64)>,
         triggers: &[Arc<ActiveInstall>],
         history: &[Event],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<store::Enrollment>, StoreError> {
         let active = self.workflows.active(tenant).await?;
         if active.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let candidates = enroll::match_events(&active, events, score);
-        self.workflows.enroll(tenant, contact, &candidates).await?;
+        let mut out = self.workflows.enrollments(tenant, contact, &candidates).await?;
         for install in triggers {
             let listening = enroll::plugin_triggered(&active, install.id());
             if listening.is_empty() {
                 continue;
             }
             for event in events {
-                self.plugin_trigger(tenant, contact, event, install, history, &listening).await?;
+                out.extend(self.plugin_trigger(tenant, contact, event, install, history, &listening).await?);
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Ask a trigger install whom `event` enrolls; enroll them in the
@@ -407,7 +416,7 @@ impl Pipeline {
         install: &Arc<ActiveInstall>,
         history: &[Event],
         listening: &[Arc<ActiveWorkflow>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<store::Enrollment>, StoreError> {
         let input = ProjectedInput::build(&install.plugin, contact, history);
         let invocation = store::new_id();
         let result = self
@@ -422,9 +431,10 @@ impl Pipeline {
             }
             Err(e) => {
                 self.record_failure(tenant, install, "on-event", Some(event), &e).await;
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
+        let mut out = Vec::new();
         for enrollment in enrollments {
             // A trigger may only enroll contacts of its own tenant.
             let target = if enrollment.contact_id == contact.id {
@@ -436,12 +446,13 @@ impl Pipeline {
                 tracing::info!(install = %install.id(), "trigger enrolled an unknown contact; ignored");
                 continue;
             };
-            let key = format!("trigger:{}:{}", install.id(), event.id);
+            // Keys are unique per workflow: one event may enroll several contacts.
+            let key = format!("trigger:{}:{}:{}", install.id(), event.id, target.id);
             let candidates: Vec<_> =
                 listening.iter().map(|wf| enroll::candidate(wf, key.clone(), Some(&event.id))).collect();
-            self.workflows.enroll(tenant, &target, &candidates).await?;
+            out.extend(self.workflows.enrollments(tenant, &target, &candidates).await?);
         }
-        Ok(())
+        Ok(out)
     }
 }
 

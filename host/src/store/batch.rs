@@ -16,7 +16,7 @@ use crate::store::contacts::{CONTACT_COLUMNS, MAX_REASONS, contact_from_row, loa
 use crate::store::error::{Result, StoreError};
 use crate::store::events::insert_system_event;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
-use crate::store::{Backend, Contact, Event, Properties, Store, new_id};
+use crate::store::{Backend, Contact, EnrollOutcome, Enrollment, Event, Properties, Store, new_id};
 
 /// What the pipeline learned about one contact in a batch.
 #[derive(Debug, Clone)]
@@ -31,6 +31,10 @@ pub struct ContactUpdate {
     pub score: Option<(f64, f64, Vec<String>)>,
     /// A lifecycle stage reached by the new score.
     pub stage_change: Option<StageChange>,
+    /// Workflow enrollments the batch's events caused (for this contact or,
+    /// through a trigger plugin, for others), decided in the same
+    /// transaction: a run never starts from the score before its trigger.
+    pub enrollments: Vec<Enrollment>,
 }
 
 /// A contact moving to a lifecycle stage; recorded with a
@@ -153,7 +157,15 @@ impl Store {
     /// Apply a batch's contact updates and mark its events processed, in one
     /// transaction: either all of it is recorded or none (and the batch is
     /// processed again).
-    pub async fn finish_batch(&self, updates: &[ContactUpdate], processed: &[String]) -> Result<()> {
+    ///
+    /// Returns what became of each enrollment, in order; one whose contact
+    /// or workflow vanished meanwhile is skipped (`None`), not an error that
+    /// would fail the whole batch.
+    pub async fn finish_batch(
+        &self,
+        updates: &[ContactUpdate],
+        processed: &[String],
+    ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
         let at = self.now();
         let mut tx = self.begin_write().await?;
         for u in updates {
@@ -230,7 +242,12 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
+        let mut outcomes = Vec::new();
+        for e in updates.iter().flat_map(|u| &u.enrollments) {
+            let outcome = crate::store::runs::enroll_if_present(&mut tx, self.backend, e).await?;
+            outcomes.push((e.clone(), outcome));
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(outcomes)
     }
 }

@@ -298,6 +298,33 @@ pub(crate) fn run_step_from_row(row: &AnyRow) -> Result<RunStep> {
     })
 }
 
+/// [`enroll_one`] inside a caller's transaction (the pipeline's batch):
+/// locks the workflow's row on PostgreSQL like [`Store::enroll`], and
+/// answers `None`, recording nothing, when the workflow or the contact no
+/// longer exists in the tenant.
+pub(crate) async fn enroll_if_present(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    e: &Enrollment,
+) -> Result<Option<EnrollOutcome>> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let workflow = sqlx::query(&format!("SELECT id FROM workflows WHERE tenant_id = $1 AND id = $2{lock}"))
+        .bind(&e.tenant_id)
+        .bind(&e.workflow_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if workflow.is_none() || !crate::store::contacts::contact_exists(&mut *conn, &e.tenant_id, &e.contact_id).await? {
+        return Ok(None);
+    }
+    if e.enrollment_key.is_empty() || e.enrollment_key.len() > MAX_ENROLLMENT_KEY {
+        return Err(StoreError::Invalid(format!("an enrollment key is 1 to {MAX_ENROLLMENT_KEY} bytes")));
+    }
+    Ok(Some(enroll_one(conn, e).await?))
+}
+
 /// Decide one enrollment and, when allowed, insert its run. The caller holds
 /// the write transaction (and on PostgreSQL the workflow's row lock).
 async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOutcome> {

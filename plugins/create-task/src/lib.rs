@@ -2,7 +2,8 @@
 //!
 //! The step that hands a lead to sales: "Call Ada now", due in 4 hours,
 //! assigned to the contact's owner. The title can name the contact with
-//! `{{first_name}}`, `{{last_name}}`, `{{email}}` and `{{score}}`.
+//! `{{first_name}}`, `{{last_name}}`, `{{email}}`, `{{owner}}`, `{{score}}`
+//! and any of its properties (`{{health_score}}`, `{{plan}}`).
 //!
 //! Workflow steps are retried after timeouts and crashes, and a retried step
 //! must not leave the rep with two identical tasks: the task carries the
@@ -56,7 +57,7 @@ impl Plugin for CreateTask {
                 "required": ["title"],
                 "properties": {
                     "title": {
-                        "description": "Task title; {{first_name}}, {{last_name}}, {{email}} and {{score}} are filled from the contact.",
+                        "description": "Task title; {{first_name}}, {{last_name}}, {{email}}, {{owner}}, {{score}} and {{<property>}} are filled from the contact.",
                         "type": "string",
                         "minLength": 1,
                         "maxLength": MAX_TITLE_LEN
@@ -107,10 +108,23 @@ fn field(contact: &Contact, name: &str) -> Option<String> {
         "first_name" => Some(text(&contact.first_name)),
         "last_name" => Some(text(&contact.last_name)),
         "email" => Some(text(&contact.email)),
-        // Scores are stored with decimals; a title wants "42", not "42.000001".
-        "score" => Some(format!("{}", (contact.score * 100.0).round() / 100.0)),
-        _ => None,
+        "owner" => Some(text(&contact.owner)),
+        "score" => Some(number(contact.score)),
+        // A property the contact has; one it lacks stays as written.
+        _ => contact.properties.get(name).map(|v| match v {
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => number(*n),
+            Value::Text(t) => t.clone(),
+            Value::TextList(items) => items.join(", "),
+            Value::Timestamp(t) => t.to_string(),
+        }),
     }
+}
+
+/// Scores are stored with decimals; a title wants "42", not "42.000001".
+fn number(n: f64) -> String {
+    format!("{}", (n * 100.0).round() / 100.0)
 }
 
 /// Collapses the double spaces an empty placeholder leaves behind.
@@ -201,6 +215,17 @@ mod tests {
         assert_eq!(host.tasks().len(), 1);
         testkit::run_action::<CreateTask>(&host, config, "c1", "run2:step2").expect("runs");
         assert_eq!(host.tasks().len(), 2, "another run is another task");
+    }
+
+    #[test]
+    fn properties_fill_placeholders_by_name() {
+        let mut contact = Contact::new("c4");
+        contact.properties.insert("health_score".into(), Value::Number(31.999));
+        contact.properties.insert("plan".into(), Value::Text("pro".into()));
+        let host = TestHost::new().with_contact(contact);
+        let config = json!({"title": "Retention call ({{plan}}, health {{health_score}})"});
+        testkit::run_action::<CreateTask>(&host, config, "c4", "k").expect("runs");
+        assert_eq!(host.tasks()[0].task.title, "Retention call (pro, health 32)");
     }
 
     #[test]

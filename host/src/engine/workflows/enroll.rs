@@ -6,6 +6,7 @@
 //! already holds the contact's history). Schedules fire from the runner's
 //! loop. Either way the result is a [`Candidate`] with an *enrollment key*
 //! derived from what caused it (`event:<event id>`, `score:<event id>`,
+//! `trigger:<install>:<event id>:<contact id>`,
 //! `schedule:<time>:<contact id>`), so processing the same events twice, or
 //! firing the same schedule twice, after a crash, never enrolls twice: the
 //! store refuses a key it has seen for the workflow.
@@ -119,9 +120,24 @@ impl Workflows {
     /// Enroll `contact` for each candidate that passes its workflow's
     /// suppression condition and enrollment rules. Returns how many enrolled.
     pub async fn enroll(&self, tenant: &str, contact: &Contact, candidates: &[Candidate]) -> Result<usize, StoreError> {
-        if candidates.is_empty() {
+        let requests = self.enrollments(tenant, contact, candidates).await?;
+        if requests.is_empty() {
             return Ok(0);
         }
+        let outcomes = self.store.enroll(&requests).await?;
+        Ok(self.record_outcomes(requests.iter().zip(outcomes.iter().map(Some))))
+    }
+
+    /// The enrollment requests for `contact`: every candidate whose
+    /// workflow's `suppress_if` does not hold for the contact as given (the
+    /// pipeline passes it as its batch will write it). The store applies the
+    /// remaining rules when it records them.
+    pub async fn enrollments(
+        &self,
+        tenant: &str,
+        contact: &Contact,
+        candidates: &[Candidate],
+    ) -> Result<Vec<Enrollment>, StoreError> {
         let now = self.clock.now();
         let facts = Facts { contact, now, enrolled_at: None, events: Events::Store(&self.store) };
         let mut requests = Vec::with_capacity(candidates.len());
@@ -147,16 +163,21 @@ impl Workflows {
                 at: now,
             });
         }
-        if requests.is_empty() {
-            return Ok(0);
-        }
-        let outcomes = self.store.enroll(&requests).await?;
+        Ok(requests)
+    }
+
+    /// Count what the store decided and wake the runner for new runs.
+    /// Returns how many enrolled.
+    pub fn record_outcomes<'a>(
+        &self,
+        decided: impl Iterator<Item = (&'a Enrollment, Option<&'a EnrollOutcome>)>,
+    ) -> usize {
         let mut enrolled = 0;
-        for (request, outcome) in requests.iter().zip(&outcomes) {
+        for (request, outcome) in decided {
             match outcome {
-                EnrollOutcome::Enrolled(_) => enrolled += 1,
-                EnrollOutcome::Duplicate => {}
-                refused => {
+                Some(EnrollOutcome::Enrolled(_)) => enrolled += 1,
+                Some(EnrollOutcome::Duplicate) | None => {}
+                Some(refused) => {
                     self.count(&self.stats.enroll_refused);
                     tracing::debug!(workflow = %request.workflow_id, contact = %request.contact_id, "not enrolled: {refused:?}");
                 }
@@ -166,7 +187,7 @@ impl Workflows {
             self.stats.enrolled.fetch_add(enrolled as u64, std::sync::atomic::Ordering::Relaxed);
             self.wake();
         }
-        Ok(enrolled)
+        enrolled
     }
 
     /// Fire the schedules that are due: every contact in the segment

@@ -2,18 +2,31 @@
 //! definition is saved and again when a version is activated (an install
 //! may have been removed in between).
 
+use std::collections::HashMap;
+
 use super::definition::{Definition, InstallUse, Problem, installs_named};
 use crate::engine::actions::merged_config;
 use crate::registry::{Registry, config};
 use crate::runtime::Kind;
 
 /// Every problem with the installs `definition` names in `tenant`.
-pub fn against_installs(definition: &Definition, registry: &Registry, tenant: &str) -> Vec<Problem> {
+/// `disabled` maps the tenant's disabled installs to their plugin's name:
+/// the registry loads enabled installs only, and "disabled" is a clearer
+/// answer than "not installed" for those.
+pub fn against_installs(
+    definition: &Definition,
+    registry: &Registry,
+    tenant: &str,
+    disabled: &HashMap<String, String>,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut add = |pointer: String, message: String| problems.push(Problem { pointer, message });
     for (pointer, install_id, usage) in installs_named(definition) {
         let Some(active) = registry.get(tenant, install_id) else {
-            add(pointer, format!("install `{install_id}` is not installed in this tenant"));
+            match disabled.get(install_id) {
+                Some(plugin) => add(pointer, format!("install `{install_id}` ({plugin}) is disabled; enable it first")),
+                None => add(pointer, format!("install `{install_id}` is not installed in this tenant")),
+            }
             continue;
         };
         let name = &active.plugin.description.name;
