@@ -272,7 +272,7 @@ async fn three_pricing_views_in_a_week_tag_the_contact_and_create_a_follow_up_ta
     // Monday, Wednesday, Friday: Pia views the pricing page each time, Quinn
     // only the first two times.
     let score = |c: &Value| c["score"].as_f64().unwrap_or_default();
-    let (mut pia_score, mut quinn_score, mut two_views_score) = (0.0, 0.0, 0.0);
+    let (mut pia_score, mut quinn_score) = (0.0, 0.0);
     for (i, day) in [0, 2, 4].into_iter().enumerate() {
         world.clock.set(t0 + day * DAY);
         world.event(&pia, "page_viewed", json!({"url": "https://acme.test/pricing"})).await;
@@ -283,11 +283,10 @@ async fn three_pricing_views_in_a_week_tag_the_contact_and_create_a_follow_up_ta
         }
         // Each view raises the score (the scorer runs on every event).
         let c = wait_contact(&world, &pia, "a higher score", |c| score(c) > pia_score).await;
-        two_views_score = pia_score;
         pia_score = score(&c);
         if i < 2 {
-            // The pipeline evaluates triggers before it writes the batch's
-            // score, so the new score means the trigger has had its say.
+            // Enrollments commit with the batch's score, so the new score
+            // means the trigger has had its say.
             assert!(world.runs(&pricing, &pia).await.is_empty(), "{} views enroll nobody", i + 1);
         }
     }
@@ -299,13 +298,10 @@ async fn three_pricing_views_in_a_week_tag_the_contact_and_create_a_follow_up_ta
     assert!(tags(&c).contains(&"pricing-interest".to_string()), "{c}");
     let pia_tasks = tasks(&world, &pia).await;
     assert_eq!(pia_tasks.len(), 1, "{pia_tasks:?}");
-    // ENGINE BUG (reported, not fixed here): the pipeline enrolls the contact
-    // (committing the run) before it commits the batch's new score, so the
-    // runner may fill {{score}} with the score before the third view.
-    // Intended: always the score after it, `pia_score`.
+    // The run is recorded in the same transaction as the score the third
+    // view caused, so its task always shows that score.
     let title = pia_tasks[0]["title"].as_str().unwrap();
-    let with = |s: f64| format!("Follow up with Pia: 3 pricing page views (score {s})");
-    assert!(title == with(pia_score) || title == with(two_views_score), "{title}");
+    assert_eq!(title, format!("Follow up with Pia: 3 pricing page views (score {pia_score})"));
     assert_eq!(pia_tasks[0]["assignee"], "alice@acme.test");
 
     // Two views only: no run, no tag, no task.
@@ -489,12 +485,7 @@ async fn a_churn_risk_starts_retention_and_a_recovery_ends_it_before_the_second_
     assert_eq!(cs[0].body["body"], "Health score fell to 30.");
     let cleo_tasks = tasks(&world, &cleo).await;
     assert_eq!(cleo_tasks.len(), 1, "{cleo_tasks:?}");
-    // ENGINE BUG (reported, not fixed here): the create-task plugin fills
-    // only {{first_name}}, {{last_name}}, {{email}} and {{score}} and keeps
-    // any other placeholder as written, so the example's {{health_score}}
-    // stays literal. Intended: "Retention call with Cleo (health 30)".
-    let title = cleo_tasks[0]["title"].as_str().unwrap();
-    assert!(title.starts_with("Retention call with Cleo (health "), "{title}");
+    assert_eq!(cleo_tasks[0]["title"], "Retention call with Cleo (health 30)");
     assert_eq!(cleo_tasks[0]["assignee"], "alice@acme.test");
 
     // Retention email 1: two business days later at 10:00, Wednesday.
@@ -518,15 +509,12 @@ async fn a_churn_risk_starts_retention_and_a_recovery_ends_it_before_the_second_
     }
     wait_contact(&world, &cleo, "health 60", |c| health(c) == Some(60.0)).await;
 
-    // The goal is met: the run exits (at the latest when its timer is due)
-    // and the second retention email is never sent.
-    let now = world.get(&format!("/v1/runs/{run}")).await;
-    if now["status"] == "waiting" {
-        world.jump_to_timer(&run).await;
-    }
+    // The goal is met: the run exits at once, Thursday, without waiting for
+    // its Monday timer, and the second retention email is never sent.
     let done = wait_ended(&world, &run).await;
     assert_eq!(done["status"], "exited", "{done}");
     assert_eq!(done["exit_reason"], "goal:health-recovered");
+    assert_eq!(done["finished_at"].as_i64(), Some(t0 + 3 * DAY), "{done}");
     assert!(steps(&done, "retention-2").is_empty(), "{done}");
     world.clock.advance(7 * DAY);
     world.settle().await;
