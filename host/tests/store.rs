@@ -7,6 +7,9 @@
 // Tests fail loudly on purpose: a panic is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod backends;
+
 use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
@@ -15,37 +18,6 @@ use cairn::store::{
     NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
 };
 use sqlx::Row;
-
-/// Generate, for each named test function, one `#[tokio::test]` per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let db = super::TempSqlite::new();
-                    let store = db.open().await?;
-                    let result = super::$name(store.clone()).await;
-                    store.close().await;
-                    result
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    // Dropped last, also when the test panics: the database goes away.
-                    let db = super::TempPostgres::create().await?;
-                    let store = db.open().await?;
-                    let result = super::$name(store.clone()).await;
-                    store.close().await;
-                    result
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     tenants_are_created_and_read_back,

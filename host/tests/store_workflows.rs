@@ -8,6 +8,9 @@
 // Tests fail loudly on purpose: a panic is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod backends;
+
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
@@ -18,37 +21,6 @@ use cairn::store::{
     Run, RunFilter, RunProgress, RunStep, Store, StoreError, TimelineEntry, Value, Workflow, new_id, now_ms,
 };
 use serde_json::json;
-
-/// Generate, for each named test function, one `#[tokio::test]` per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let db = super::TempSqlite::new();
-                    let store = db.open().await?;
-                    let result = super::$name(store.clone()).await;
-                    store.close().await;
-                    result
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    // Dropped last, also when the test panics: the database goes away.
-                    let db = super::TempPostgres::create().await?;
-                    let store = db.open().await?;
-                    let result = super::$name(store.clone()).await;
-                    store.close().await;
-                    result
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     workflow_versions_count_up_and_activation_archives_the_previous_one,

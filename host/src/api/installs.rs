@@ -48,16 +48,7 @@ async fn inbound(
             .collect(),
         body: body.to_vec(),
     };
-    let scope = crate::runtime::CallScope {
-        tenant_id: tenant.clone(),
-        install_id: id.clone(),
-        grants: active.grants.clone(),
-        store: state.store.clone(),
-        egress: state.registry.runtime().egress.clone(),
-        test_mode: false,
-        now: state.pipeline.clock().now(),
-        test_contact: None,
-    };
+    let scope = active.scope(&state.store, state.registry.runtime(), state.pipeline.clock().now());
     let invocation = crate::store::new_id();
     let parsed = state
         .registry

@@ -219,17 +219,8 @@ impl Pipeline {
         }
     }
 
-    fn scope(&self, tenant: &str, active: &ActiveInstall) -> CallScope {
-        CallScope {
-            tenant_id: tenant.to_string(),
-            install_id: active.install.id.clone(),
-            grants: active.grants.clone(),
-            store: self.store.clone(),
-            egress: self.registry.runtime().egress.clone(),
-            test_mode: false,
-            now: self.clock.now(),
-            test_contact: None,
-        }
+    fn scope(&self, active: &ActiveInstall) -> CallScope {
+        active.scope(&self.store, self.registry.runtime(), self.clock.now())
     }
 
     async fn record_failure(
@@ -309,7 +300,7 @@ impl Pipeline {
             let result = self
                 .registry
                 .runtime()
-                .score(&active.plugin, self.scope(tenant, active), &active.config_text, &input, &invocation)
+                .score(&active.plugin, self.scope(active), &active.config_text, &input, &invocation)
                 .await;
             match result {
                 Ok(called) => {
@@ -422,7 +413,7 @@ impl Pipeline {
         let result = self
             .registry
             .runtime()
-            .on_event(&install.plugin, self.scope(tenant, install), &install.config_text, &input, event, &invocation)
+            .on_event(&install.plugin, self.scope(install), &install.config_text, &input, event, &invocation)
             .await;
         let enrollments = match result {
             Ok(called) => {

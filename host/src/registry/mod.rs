@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::runtime::grants::Grants;
-use crate::runtime::{Description, Kind, LoadError, LoadedPlugin, Runtime};
+use crate::runtime::{CallScope, Description, Kind, LoadError, LoadedPlugin, Runtime};
 use crate::store::{self, Store, StoreError};
 
 pub use stats::InstallStats;
@@ -65,6 +65,21 @@ impl ActiveInstall {
     /// Whether the plugin implements `kind`.
     pub fn is(&self, kind: Kind) -> bool {
         self.plugin.description.has(kind)
+    }
+
+    /// What a call of this install may reach: its own tenant and grants,
+    /// at business time `now` (not a test).
+    pub fn scope(&self, store: &Store, runtime: &Runtime, now: i64) -> CallScope {
+        CallScope {
+            tenant_id: self.install.tenant_id.clone(),
+            install_id: self.install.id.clone(),
+            grants: self.grants.clone(),
+            store: store.clone(),
+            egress: runtime.egress.clone(),
+            test_mode: false,
+            now,
+            test_contact: None,
+        }
     }
 }
 

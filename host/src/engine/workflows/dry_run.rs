@@ -196,7 +196,7 @@ impl Workflows {
                             )
                         }
                         Some(active) => {
-                            let mut scope = self.scope(tenant, &active, true);
+                            let mut scope = self.scope(&active, true);
                             if sample_events.is_some() {
                                 scope.test_contact = Some(contact.id.clone());
                             }

@@ -222,7 +222,7 @@ impl Workflows {
                 Err(step_error("disabled", format!("install `{install_id}` is disabled"), false))
             }
             Some(active) => {
-                let scope = self.scope(&run.tenant_id, &active, false);
+                let scope = self.scope(&active, false);
                 let outcome =
                     actions::call(self.registry.runtime(), &active, scope, contact, trigger_event, call).await;
                 match &outcome {
@@ -280,17 +280,8 @@ impl Workflows {
         }
     }
 
-    pub(crate) fn scope(&self, tenant: &str, active: &crate::registry::ActiveInstall, test_mode: bool) -> CallScope {
-        CallScope {
-            tenant_id: tenant.to_string(),
-            install_id: active.install.id.clone(),
-            grants: active.grants.clone(),
-            store: self.store.clone(),
-            egress: self.registry.runtime().egress.clone(),
-            test_mode,
-            now: self.clock.now(),
-            test_contact: None,
-        }
+    pub(crate) fn scope(&self, active: &crate::registry::ActiveInstall, test_mode: bool) -> CallScope {
+        CallScope { test_mode, ..active.scope(&self.store, self.registry.runtime(), self.clock.now()) }
     }
 
     /// The first goal of the run's version that `contact` meets.
