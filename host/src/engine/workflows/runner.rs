@@ -95,6 +95,7 @@ impl Workflows {
                 duration_us: 0,
                 fuel_used: None,
             };
+            record.input = step_input(&node.step);
             let outcome = match &node.step {
                 Step::Delay { .. } => self.delay(&mut run, &program, &step_id, now, &mut record).await,
                 Step::If { condition, .. } => {
@@ -373,6 +374,21 @@ impl Workflows {
         };
         self.store.save_run(&progress, steps).await?;
         Ok(())
+    }
+}
+
+/// What a step was asked to do, for its record (an action's input is its
+/// call, filled in where it is made).
+fn step_input(step: &Step) -> Option<Json> {
+    match step {
+        Step::Action { .. } => None,
+        Step::Delay { duration, business_days, until, weekdays_only, .. } => Some(
+            json!({"duration": duration, "business_days": business_days, "until": until, "weekdays_only": weekdays_only}),
+        ),
+        Step::If { condition, .. } => Some(json!({"condition": condition})),
+        Step::Split { variants, .. } => Some(json!({
+            "variants": variants.iter().map(|v| json!({"name": v.name, "weight": v.weight})).collect::<Vec<_>>()
+        })),
     }
 }
 
