@@ -107,14 +107,16 @@ pub fn sample_input(now: i64) -> (store::Contact, Vec<store::Event>) {
     (contact, events)
 }
 
-/// Run every benchmark.
-pub async fn run(quick: bool) -> anyhow::Result<()> {
-    plugin_call(if quick { 500 } else { 5000 }).await?;
-    let dir = std::env::temp_dir().join(format!("cairn-bench-{}-{}", std::process::id(), store::now_ms()));
-    std::fs::create_dir_all(&dir)?;
-    let result = pipeline_and_http(&dir, quick).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
+/// Run every benchmark (or only the workflow engine's).
+pub async fn run(quick: bool, workflows_only: bool) -> anyhow::Result<()> {
+    if !workflows_only {
+        plugin_call(if quick { 500 } else { 5000 }).await?;
+        let dir = std::env::temp_dir().join(format!("cairn-bench-{}-{}", std::process::id(), store::now_ms()));
+        std::fs::create_dir_all(&dir)?;
+        let result = pipeline_and_http(&dir, quick).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
     let dir = std::env::temp_dir().join(format!("cairn-bench-wf-{}-{}", std::process::id(), store::now_ms()));
     std::fs::create_dir_all(&dir)?;
     let result = workflow_engine(&dir, quick).await;

@@ -29,6 +29,9 @@ enum Command {
         /// Fewer iterations (a quick smoke run).
         #[arg(long)]
         quick: bool,
+        /// Only the workflow engine figure (enrollments/s, steps/s).
+        #[arg(long)]
+        workflows_only: bool,
     },
     /// Manage tenants directly on a database.
     Tenant {
@@ -87,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
-            Command::Bench { quick } => cairn::bench::run(quick).await,
+            Command::Bench { quick, workflows_only } => cairn::bench::run(quick, workflows_only).await,
             Command::Tenant { command: TenantCommand::Create { name, db } } => {
                 let store = cairn::store::Store::open(db.as_deref().unwrap_or("sqlite://cairn.db")).await?;
                 let tenant = store.create_tenant(&name).await?;

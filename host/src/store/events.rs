@@ -612,6 +612,7 @@ impl Store {
     /// [`CLAIM_LEASE_MS`]; each comes with its tenant id. Events claimed by
     /// another worker whose lease has not expired are skipped.
     pub async fn claim_unprocessed_events(&self, limit: i64) -> Result<Vec<(String, Event)>> {
+        let _gate = self.write_gate().await;
         // Real time, not the store's clock: a lease says whether the worker
         // that claimed the event is still alive.
         let now = now_ms();

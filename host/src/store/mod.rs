@@ -159,6 +159,40 @@ pub struct Store {
     clock: Clock,
     /// SQLite's background checkpointer, stopped when the last clone goes.
     _checkpointer: Option<Arc<AbortOnDrop>>,
+    /// SQLite admits one writer at a time. Writers of this process queue
+    /// here, in order, instead of in SQLite's busy handler, which sleeps in
+    /// growing steps (up to 100 ms) and lets a waiter starve: under load a
+    /// plugin's host call waiting for the lock ran past its deadline.
+    /// `None` on PostgreSQL (row locks, many writers).
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction, holding the SQLite write gate until it ends.
+/// Dereferences to the connection, like sqlx's `Transaction`.
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commit.
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// A task that ends when this handle is dropped.
@@ -200,7 +234,13 @@ impl Store {
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
-                Ok(Store { pool, backend: Backend::Postgres, clock: Clock::System, _checkpointer: None })
+                Ok(Store {
+                    pool,
+                    backend: Backend::Postgres,
+                    clock: Clock::System,
+                    _checkpointer: None,
+                    write_gate: None,
+                })
             }
             Backend::Sqlite => Self::open_sqlite(url).await,
         }
@@ -238,7 +278,13 @@ impl Store {
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
         let checkpointer = (!in_memory).then(|| Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone())))));
-        let store = Store { pool, backend: Backend::Sqlite, clock: Clock::System, _checkpointer: checkpointer };
+        let store = Store {
+            pool,
+            backend: Backend::Sqlite,
+            clock: Clock::System,
+            _checkpointer: checkpointer,
+            write_gate: Some(Arc::default()),
+        };
         // One process owns a SQLite file, so claims left by a previous run of
         // this process are stale: make those events, runs and schedules
         // claimable right away.
@@ -294,11 +340,23 @@ impl Store {
     /// Begin a transaction that will write. On SQLite it takes the write lock
     /// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and
     /// then writes can fail with "database is locked" without waiting.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(match self.backend {
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
+        let gate = self.write_gate().await;
+        let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// Wait for this process's turn to write (SQLite; nothing on
+    /// PostgreSQL). Statements that write outside [`Store::begin_write`]
+    /// hold it while they run.
+    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// Row lock for read-modify-write selects inside a write transaction

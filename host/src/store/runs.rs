@@ -483,6 +483,7 @@ impl Store {
     /// Runs another worker holds (lease not expired) are skipped;
     /// [`Store::save_run`] releases the lease.
     pub async fn claim_due_runs(&self, now: i64, limit: i64) -> Result<Vec<Run>> {
+        let _gate = self.write_gate().await;
         // Real time for the lease, whatever the business clock says: it is
         // about whether the claiming process is alive.
         let real = now_ms();
@@ -695,6 +696,7 @@ impl Store {
     /// worker holds is left alone: it checks goals itself. False when nothing
     /// changed.
     pub async fn wake_run(&self, tenant: &str, id: &str, at: i64) -> Result<bool> {
+        let _gate = self.write_gate().await;
         let done = sqlx::query(
             "UPDATE workflow_runs SET wake_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'waiting' \
              AND wake_at > $3 AND (lease_until IS NULL OR lease_until < $4)",

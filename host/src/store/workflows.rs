@@ -400,6 +400,7 @@ impl Store {
     /// lease runs out and it is claimed again). Earliest due first, each with
     /// its tenant id.
     pub async fn claim_due_schedules(&self, now: i64, limit: i64) -> Result<Vec<(String, Workflow)>> {
+        let _gate = self.write_gate().await;
         // The lease is real time even when business time is a manual clock:
         // it says whether the claiming process is alive.
         let real = now_ms();

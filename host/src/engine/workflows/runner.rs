@@ -252,7 +252,7 @@ impl Workflows {
                     let base = time::parse_duration(&policy.backoff).unwrap_or(30_000);
                     let wait = base.saturating_mul(1 << (attempt - 1).clamp(0, 20)).min(MAX_BACKOFF_MS);
                     record.status = "retrying".into();
-                    tracing::info!(run = %run.id, step = %record.step_id, attempt, "step failed, retrying in {wait} ms");
+                    tracing::info!(run = %run.id, step = %record.step_id, attempt, %error, "step failed, retrying in {wait} ms");
                     Outcome::Wait(record.started_at + wait)
                 } else {
                     record.status = "failed".into();
