@@ -97,6 +97,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         registry.upload(None, bytes.to_vec()).await.with_context(|| format!("loading prebuilt plugin {name}"))?;
     }
     registry.refresh().await.context("loading installs")?;
+    registry.forget_unused();
 
     let generated_admin_key = match &config.admin_key {
         Some(key) => {

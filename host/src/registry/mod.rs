@@ -310,7 +310,17 @@ impl Registry {
         self.table.load().by_id.values().cloned().collect()
     }
 
-    /// Loaded plugins (distinct compiled components).
+    /// Drop compiled plugins no install uses (after start-up, the catalog's
+    /// unused plugins): each holds its code and instance template in memory.
+    /// A later install loads it again from the on-disk compile cache.
+    pub fn forget_unused(&self) {
+        if let Ok(mut m) = self.plugins.lock() {
+            // The cache's own reference is the only one left for those.
+            m.retain(|_, plugin| Arc::strong_count(plugin) > 1);
+        }
+    }
+
+    /// Loaded plugins (distinct compiled components held in memory).
     pub fn loaded_plugin_count(&self) -> usize {
         self.plugins.lock().map(|m| m.len()).unwrap_or(0)
     }
