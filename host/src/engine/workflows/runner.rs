@@ -68,13 +68,19 @@ impl Workflows {
         };
         // Every step runs at most once per run, so this bounds the loop even
         // if a stored cursor were somehow inconsistent.
+        // Records of decision steps (if, split, a delay's end) wait here and
+        // are saved with the next action, wait or end: repeating them after a
+        // crash is harmless, while every action's outcome is saved before the
+        // run goes on. One write transaction per action instead of per step.
+        let mut pending: Vec<RunStep> = Vec::new();
         for _ in 0..=definition::MAX_STEPS {
             let Some(step_id) = run.cursor.clone() else {
                 return self.finish(&run, COMPLETED, None, None).await;
             };
             let Some(node) = program.node(&step_id) else {
                 let error = json!({"message": format!("step `{step_id}` is not in version {}", run.version)});
-                return self.finish(&run, FAILED, Some(error), None).await;
+                self.count(&self.stats.runs_failed);
+                return self.save(&run, FAILED, None, Some(error), None, &pending).await;
             };
             let now = self.clock.now();
             let started = std::time::Instant::now();
@@ -133,10 +139,12 @@ impl Workflows {
                     let outcome = self
                         .action(&run, &program, install_id, &contact, trigger_event.as_ref(), &call, &mut record)
                         .await;
-                    if matches!(outcome, Outcome::Next(_)) {
+                    // Only an install that may write can have changed the
+                    // contact (owner, tags, …); later conditions and
+                    // templates must see that, and its changes are events.
+                    let wrote = self.registry.get(&tenant, install_id).is_some_and(|a| a.grants.store_write);
+                    if matches!(outcome, Outcome::Next(_)) && wrote {
                         self.committed.notify_one();
-                        // The action may have changed the contact (owner, tags, …);
-                        // later conditions and templates must see that.
                         if let Some(fresh) = self.store.get_contact(&tenant, &run.contact_id).await? {
                             contact = fresh;
                         }
@@ -148,10 +156,15 @@ impl Workflows {
             match outcome {
                 Outcome::Next(next) => {
                     self.count(&self.stats.steps_ok);
+                    let acted = record.kind == "action";
+                    pending.push(record);
                     run.cursor = next;
                     run.attempts = 0;
                     let status = if run.cursor.is_some() { WAITING } else { COMPLETED };
-                    self.save(&run, status, Some(now), None, None, &[record]).await?;
+                    if acted || status == COMPLETED {
+                        self.save(&run, status, Some(now), None, None, &pending).await?;
+                        pending.clear();
+                    }
                     if status == COMPLETED {
                         self.count(&self.stats.runs_completed);
                         return Ok(());
@@ -161,17 +174,20 @@ impl Workflows {
                     if record.status == "retrying" {
                         run.attempts = record.attempts;
                     }
-                    return self.save(&run, WAITING, Some(until), None, None, &[record]).await;
+                    pending.push(record);
+                    return self.save(&run, WAITING, Some(until), None, None, &pending).await;
                 }
                 Outcome::Fail(error) => {
                     run.attempts = record.attempts;
                     self.count(&self.stats.runs_failed);
-                    return self.save(&run, FAILED, None, Some(error), None, &[record]).await;
+                    pending.push(record);
+                    return self.save(&run, FAILED, None, Some(error), None, &pending).await;
                 }
             }
         }
         let error = json!({"message": "the run did not finish within the step limit"});
-        self.finish(&run, FAILED, Some(error), None).await
+        self.count(&self.stats.runs_failed);
+        self.save(&run, FAILED, None, Some(error), None, &pending).await
     }
 
     /// A delay: the first visit computes its end in the tenant's zone and
@@ -195,12 +211,12 @@ impl Workflows {
         };
         let zone = self.zone(&run.tenant_id).await;
         let until = time::delay_end(now, &spec, &zone);
-        run.state = json!({"delay_step": step_id, "delay_until": until});
-        record.status = "waiting".into();
         record.output = Some(json!({"until": until, "until_local": time::format_local(until, &zone)}));
         if until <= now {
             return Outcome::Next(program.node(step_id).and_then(|n| n.next.clone()));
         }
+        run.state = json!({"delay_step": step_id, "delay_until": until});
+        record.status = "waiting".into();
         Outcome::Wait(until)
     }
 
