@@ -1,10 +1,11 @@
 //! Advancing one run: goals first, then steps from the cursor until the run
 //! must wait or ends.
 //!
-//! Progress is saved after every step, in one transaction with the step's
-//! record, so a crash repeats at most the step that was running; action
-//! steps carry the idempotency key `run:<run id>:<step id>`, the same on
-//! every attempt, so the plugin can tell a repeat.
+//! Progress is saved after every action step (and at every wait or end), in
+//! one transaction with the records of the steps since the last save, so a
+//! crash repeats at most the action that was running and the decisions
+//! before it. Action steps carry the idempotency key `run:<run id>:<step
+//! id>`, the same on every attempt, so the plugin can tell a repeat.
 //!
 //! Failures: an action error the plugin (or host) marks retryable waits
 //! `backoff × 2^(attempt-1)` (a durable timer like any delay) and tries
@@ -54,10 +55,10 @@ impl Workflows {
     pub async fn advance(self: &Arc<Self>, mut run: Run) -> Result<(), StoreError> {
         let tenant = run.tenant_id.clone();
         let Some(program) = self.program(&tenant, &run.workflow_id, run.version).await? else {
-            return self.finish(&run, CANCELLED, None, Some("the workflow version is gone")).await;
+            return self.finish(&run, CANCELLED, Some("the workflow version is gone")).await;
         };
         let Some(mut contact) = self.store.get_contact(&tenant, &run.contact_id).await? else {
-            return self.finish(&run, CANCELLED, None, Some("the contact was deleted")).await;
+            return self.finish(&run, CANCELLED, Some("the contact was deleted")).await;
         };
         if let Some(goal) = self.goal_met(&program, &contact, &run).await? {
             return self.exit_on_goal(&run, &goal).await;
@@ -66,16 +67,16 @@ impl Workflows {
             Some(id) => self.store.get_event(&tenant, id).await?,
             None => None,
         };
-        // Every step runs at most once per run, so this bounds the loop even
-        // if a stored cursor were somehow inconsistent.
         // Records of decision steps (if, split, a delay's end) wait here and
         // are saved with the next action, wait or end: repeating them after a
         // crash is harmless, while every action's outcome is saved before the
         // run goes on. One write transaction per action instead of per step.
         let mut pending: Vec<RunStep> = Vec::new();
+        // Every step runs at most once per run, so this bounds the loop even
+        // if a stored cursor were somehow inconsistent.
         for _ in 0..=definition::MAX_STEPS {
             let Some(step_id) = run.cursor.clone() else {
-                return self.finish(&run, COMPLETED, None, None).await;
+                return self.finish(&run, COMPLETED, None).await;
             };
             let Some(node) = program.node(&step_id) else {
                 let error = json!({"message": format!("step `{step_id}` is not in version {}", run.version)});
@@ -349,20 +350,12 @@ impl Workflows {
 
     pub(crate) async fn exit_on_goal(&self, run: &Run, goal: &str) -> Result<(), StoreError> {
         self.count(&self.stats.goals_met);
-        self.finish(run, EXITED, None, Some(&format!("goal:{goal}"))).await
+        self.finish(run, EXITED, Some(&format!("goal:{goal}"))).await
     }
 
-    async fn finish(
-        &self,
-        run: &Run,
-        status: &str,
-        error: Option<Json>,
-        reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        if status == FAILED {
-            self.count(&self.stats.runs_failed);
-        }
-        self.save(run, status, None, error, reason, &[]).await
+    /// End `run` without a step of its own (completed, cancelled, exited).
+    async fn finish(&self, run: &Run, status: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        self.save(run, status, None, None, reason, &[]).await
     }
 
     async fn save(
