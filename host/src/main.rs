@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Per-call memory cap, MiB.
     #[arg(long, default_value_t = 64)]
     memory_mib: usize,
+    /// Failures in a row after which an install is disabled (0: never).
+    #[arg(long, default_value_t = 20)]
+    breaker_failures: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             deadline: Duration::from_millis(args.deadline_ms),
             fuel: args.fuel,
             memory_bytes: args.memory_mib << 20,
+            breaker_failures: args.breaker_failures,
             ..Limits::default()
         },
         allow_private_network: args.allow_private_network,

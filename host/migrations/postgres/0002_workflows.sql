@@ -98,3 +98,7 @@ CREATE INDEX run_steps_contact ON run_steps (tenant_id, contact_id, started_at);
 -- that no tenant used): their definitions and idempotency records go.
 DROP TABLE IF EXISTS action_runs;
 DROP TABLE IF EXISTS rules;
+
+-- Why an install was disabled by the host (the circuit breaker), shown to
+-- the admin until they enable it again; NULL when enabled or disabled by hand.
+ALTER TABLE installs ADD COLUMN disabled_reason TEXT NULL;

@@ -155,6 +155,8 @@ fn install_json(state: &AppState, install: &Install) -> Value {
         "config": install.config,
         "grants": install.grants,
         "enabled": install.enabled,
+        // Set when the circuit breaker disabled it; cleared when enabled.
+        "disabled_reason": install.disabled_reason,
         "created_at": install.created_at,
         "stats": stats,
     })

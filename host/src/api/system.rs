@@ -11,7 +11,7 @@ use axum::{Json, Router};
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::registry::stats::CAUSES;
+use crate::registry::stats::{CAUSES, LATENCY_BOUNDS_US};
 
 /// Routes of this module.
 pub fn routes() -> Router<AppState> {
@@ -82,6 +82,26 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             out,
             "cairn_plugin_fuel_total{{install=\"{id}\",plugin=\"{plugin}\"}} {}",
             s.fuel.load(Ordering::Relaxed)
+        );
+        // A Prometheus histogram: cumulative counts per upper bound.
+        let counts = s.latency_counts();
+        let mut cumulative = 0;
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            let le = LATENCY_BOUNDS_US.get(i).map_or("+Inf".to_string(), |us| (*us as f64 / 1e6).to_string());
+            let _ = writeln!(
+                out,
+                "cairn_plugin_call_duration_seconds_bucket{{install=\"{id}\",plugin=\"{plugin}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "cairn_plugin_call_duration_seconds_count{{install=\"{id}\",plugin=\"{plugin}\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "cairn_plugin_consecutive_failures{{install=\"{id}\",plugin=\"{plugin}\"}} {}",
+            s.consecutive_failures.load(Ordering::Relaxed)
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

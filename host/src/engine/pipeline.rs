@@ -231,7 +231,7 @@ impl Pipeline {
         event: Option<&Event>,
         error: &CallError,
     ) {
-        active.stats.record_failure(error.cause, error.stats.duration_us, error.stats.fuel_used);
+        self.registry.record_failure(active, error).await;
         tracing::info!(install = %active.install.id, kind, cause = error.cause.as_str(), "plugin call failed: {}", error.message);
         let record = store::InvocationRecord {
             id: store::new_id(),
@@ -304,7 +304,7 @@ impl Pipeline {
                 .await;
             match result {
                 Ok(called) => {
-                    active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                    self.registry.record_ok(active, &called.stats);
                     let value = (called.value.value * 100.0).round() / 100.0;
                     if i == 0 {
                         if (value - contact.score).abs() > f64::EPSILON {
@@ -417,7 +417,7 @@ impl Pipeline {
             .await;
         let enrollments = match result {
             Ok(called) => {
-                install.stats.record_ok(called.stats.duration_us, called.stats.fuel_used);
+                self.registry.record_ok(install, &called.stats);
                 called.value
             }
             Err(e) => {

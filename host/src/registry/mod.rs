@@ -310,6 +310,39 @@ impl Registry {
         self.table.load().by_id.values().cloned().collect()
     }
 
+    /// Count a successful call of `active`.
+    pub fn record_ok(&self, active: &ActiveInstall, stats: &crate::runtime::CallStats) {
+        active.stats.record_ok(stats.duration_us, stats.fuel_used);
+    }
+
+    /// Count a failed call of `active`; after [`Limits::breaker_failures`]
+    /// failures in a row the circuit breaker disables the install, with the
+    /// reason stored for the admin (`GET /v1/installs/{id}`), until an admin
+    /// enables it again.
+    ///
+    /// [`Limits::breaker_failures`]: crate::runtime::Limits::breaker_failures
+    pub async fn record_failure(&self, active: &ActiveInstall, error: &crate::runtime::CallError) {
+        let in_a_row = active.stats.record_failure(error.cause, error.stats.duration_us, error.stats.fuel_used);
+        let threshold = u64::from(self.runtime.limits().breaker_failures);
+        // Exactly at the threshold: concurrent failures past it trip nothing twice.
+        if threshold == 0 || in_a_row != threshold {
+            return;
+        }
+        let message: String = error.message.chars().take(300).collect();
+        let reason =
+            format!("circuit breaker: {in_a_row} failed calls in a row; the last: {}: {message}", error.cause.as_str());
+        match self.store.trip_install(&active.install.tenant_id, active.id(), &reason).await {
+            Ok(true) => {
+                tracing::warn!(install = %active.id(), "install disabled: {reason}");
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!("reloading installs after the breaker tripped failed: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(install = %active.id(), "could not disable an install: {e}"),
+        }
+    }
+
     /// Drop compiled plugins no install uses (after start-up, the catalog's
     /// unused plugins): each holds its code and instance template in memory.
     /// A later install loads it again from the on-disk compile cache.

@@ -24,6 +24,10 @@ pub struct Limits {
     pub host_calls: u32,
     /// Log lines kept per invocation (further lines are dropped and counted).
     pub log_lines: u32,
+    /// Failures in a row after which the circuit breaker disables an install
+    /// (0: never): stops a broken plugin from burning every event's budget
+    /// and filling the record with the same error until an admin looks.
+    pub breaker_failures: u32,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             host_calls: 1_000,
             log_lines: 100,
+            breaker_failures: 20,
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct Install {
     pub grants: Vec<String>,
     /// Whether it runs.
     pub enabled: bool,
+    /// Why the host disabled it (the circuit breaker); `None` when enabled
+    /// or disabled by hand.
+    pub disabled_reason: Option<String>,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Last change, epoch ms.
@@ -124,7 +127,8 @@ pub struct InstallPatch {
 
 const VERSION_COLUMNS: &str = "id, tenant_id, name, version, hash, size, description_json, created_at";
 const INSTALL_SELECT: &str = "SELECT i.id, i.tenant_id, i.plugin_version_id, v.name AS plugin_name, \
-     v.version AS plugin_version, v.hash AS plugin_hash, i.config, i.grants, i.enabled, i.created_at, i.updated_at \
+     v.version AS plugin_version, v.hash AS plugin_hash, i.config, i.grants, i.enabled, i.disabled_reason, \
+     i.created_at, i.updated_at \
      FROM installs i JOIN plugin_versions v ON v.id = i.plugin_version_id";
 
 fn version_from_row(row: &AnyRow) -> Result<PluginVersion> {
@@ -151,6 +155,7 @@ fn install_from_row(row: &AnyRow) -> Result<Install> {
         config: sql::get_json(row, "config")?,
         grants: sql::get_json(row, "grants")?,
         enabled: sql::get_bool(row, "enabled")?,
+        disabled_reason: row.try_get("disabled_reason")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -420,13 +425,17 @@ impl Store {
             self.set_install_column(&mut tx, tenant, id, "grants", &encode_grants(g)?, now).await?;
         }
         if let Some(e) = patch.enabled {
-            sqlx::query("UPDATE installs SET enabled = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant)
-                .bind(id)
-                .bind(i64::from(e))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            // Any change by hand clears the breaker's reason.
+            sqlx::query(
+                "UPDATE installs SET enabled = $3, disabled_reason = NULL, updated_at = $4 \
+                 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(i64::from(e))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         let install = select_install(&mut tx, tenant, id).await?;
         tx.commit().await?;
@@ -450,6 +459,24 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+
+    /// Disable install `id` for `reason` (the circuit breaker), unless it is
+    /// already disabled; true when this call disabled it.
+    pub async fn trip_install(&self, tenant: &str, id: &str, reason: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE installs SET enabled = 0, disabled_reason = $3, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND enabled = 1",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(reason)
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Remove install `id` with its state. Workflows that name it fail that

@@ -244,8 +244,8 @@ impl Workflows {
                 let outcome =
                     actions::call(self.registry.runtime(), &active, scope, contact, trigger_event, call).await;
                 match &outcome {
-                    Ok(called) => active.stats.record_ok(called.stats.duration_us, called.stats.fuel_used),
-                    Err(e) => active.stats.record_failure(e.cause, e.stats.duration_us, e.stats.fuel_used),
+                    Ok(called) => self.registry.record_ok(&active, &called.stats),
+                    Err(e) => self.registry.record_failure(&active, e).await,
                 }
                 outcome.map_err(|e| {
                     record.fuel_used = Some(e.stats.fuel_used as i64);

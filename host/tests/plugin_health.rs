@@ -1,0 +1,88 @@
+//! Per-install health: latency percentiles and fuel in `GET
+//! /v1/installs/{id}` and `/metrics`, and the circuit breaker that disables
+//! an install after repeated failures, with the reason visible, until an
+//! admin enables it again.
+
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use cairn::catalog::guest_bytes;
+use cairn::demo::wait_for;
+use cairn::store::testing::TempSqlite;
+use common::{PATIENCE, World};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scorer_that_keeps_trapping_is_disabled_with_its_reason_until_an_admin_enables_it() {
+    let db = TempSqlite::new();
+    let world = World::start(&db.url()).await;
+    let client = world.client();
+    let (status, uploaded) = client.upload(guest_bytes("guest-panic").unwrap()).await.unwrap();
+    assert!(status == 201 || status == 200, "{uploaded}");
+    let install = client
+        .ok(Method::POST, "/v1/installs", Some(json!({"plugin_version_id": uploaded["id"], "config": {}})))
+        .await
+        .unwrap();
+    let id = install["id"].as_str().unwrap().to_string();
+
+    // 25 contacts, one event each: the broken scorer is called once per
+    // contact and traps every time; the default breaker opens at 20.
+    for i in 0..25 {
+        let contact = world.contact(json!({"email": format!("c{i}@example.com")})).await;
+        world.event(&contact, "page_viewed", json!({"url": "/blog"})).await;
+    }
+    let tripped = wait_for(PATIENCE, || async {
+        let i = world.get(&format!("/v1/installs/{id}")).await;
+        Ok((i["enabled"] == false).then_some(i))
+    })
+    .await
+    .expect("the breaker disables the install");
+    let reason = tripped["disabled_reason"].as_str().unwrap();
+    assert!(reason.starts_with("circuit breaker: 20 failed calls in a row"), "{reason}");
+    assert!(reason.contains("trap") && reason.contains("deliberate panic"), "{reason}");
+
+    // The healthy scorer kept scoring all along, with its latency recorded.
+    let rules = world.acme.installs["rules_scorer"].clone();
+    let healthy = world.get(&format!("/v1/installs/{rules}")).await;
+    let stats = &healthy["stats"];
+    assert!(stats["ok"].as_u64().unwrap() >= 25, "{stats}");
+    assert_eq!(stats["consecutive_failures"], 0);
+    let (p50, p99) = (stats["latency_us"]["p50"].as_u64().unwrap(), stats["latency_us"]["p99"].as_u64().unwrap());
+    assert!(p50 > 0 && p50 <= p99, "{stats}");
+    assert!(stats["fuel_per_call"].as_u64().unwrap() > 0, "{stats}");
+    let metrics = reqwest::get(format!("{}/metrics", world.server.url())).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "cairn_plugin_call_duration_seconds_bucket{{install=\"{rules}\",plugin=\"rules-scorer\",le=\"+Inf\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Disabled, it is no longer called: more events add no failures. (Calls
+    // that were already running when it tripped still finish and count.)
+    world.settle().await;
+    let failures = || async {
+        let invocations = world.get(&format!("/v1/invocations?install_id={id}&limit=1000")).await;
+        invocations["items"].as_array().unwrap().len()
+    };
+    let before = failures().await;
+    assert!(before >= 20, "{before}");
+    let more = world.contact(json!({"email": "late@example.com"})).await;
+    world.event(&more, "page_viewed", json!({})).await;
+    wait_for(PATIENCE, || async {
+        let c = world.get(&format!("/v1/contacts/{more}")).await;
+        Ok(c["last_activity_at"].as_i64())
+    })
+    .await
+    .expect("the late event is processed");
+    assert_eq!(failures().await, before, "a disabled install is not called");
+
+    // An admin (here: the tenant) enables it again: the reason is cleared.
+    let enabled =
+        client.ok(Method::PATCH, &format!("/v1/installs/{id}"), Some(json!({"enabled": true}))).await.unwrap();
+    assert_eq!(enabled["enabled"], true, "{enabled}");
+    assert!(enabled["disabled_reason"].is_null(), "{enabled}");
+}
