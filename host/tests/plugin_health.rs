@@ -1,7 +1,8 @@
-//! Per-install health: latency percentiles and fuel in `GET
-//! /v1/installs/{id}` and `/metrics`, and the circuit breaker that disables
-//! an install after repeated failures, with the reason visible, until an
-//! admin enables it again.
+//! Plugin installs over their life: per-install health (latency
+//! percentiles and fuel in `GET /v1/installs/{id}` and `/metrics`), the
+//! circuit breaker that disables an install after repeated failures with
+//! the reason visible until an admin enables it again, and explicit
+//! upgrades and rollbacks between versions of a plugin.
 
 // Tests fail loudly on purpose: a panic is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -85,4 +86,59 @@ async fn a_scorer_that_keeps_trapping_is_disabled_with_its_reason_until_an_admin
         client.ok(Method::PATCH, &format!("/v1/installs/{id}"), Some(json!({"enabled": true}))).await.unwrap();
     assert_eq!(enabled["enabled"], true, "{enabled}");
     assert!(enabled["disabled_reason"].is_null(), "{enabled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_upgrades_and_rolls_back_by_version_and_refuses_another_plugins_version() {
+    let db = TempSqlite::new();
+    let world = World::start(&db.url()).await;
+    let client = world.client();
+    let mut versions = Vec::new();
+    for guest in ["guest-versioned-1", "guest-versioned-2"] {
+        let (status, uploaded) = client.upload(guest_bytes(guest).unwrap()).await.unwrap();
+        assert!(status == 201 || status == 200, "{uploaded}");
+        versions.push(uploaded["id"].as_str().unwrap().to_string());
+    }
+    let install = client
+        .ok(Method::POST, "/v1/installs", Some(json!({"plugin_version_id": versions[0], "config": {}})))
+        .await
+        .unwrap();
+    let id = install["id"].as_str().unwrap().to_string();
+    let contact = world.contact(json!({"email": "ver@example.com"})).await;
+    // A third scorer writes `<stem>_score`: which version answered shows there.
+    let scored_by = |n: f64| {
+        let path = format!("/v1/contacts/{contact}");
+        let world = &world;
+        async move {
+            wait_for(PATIENCE, || async {
+                let c = world.get(&path).await;
+                Ok((c["properties"]["versioned_score"] == json!(n)).then_some(()))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("never scored {n}: {e}"))
+        }
+    };
+    world.event(&contact, "page_viewed", json!({})).await;
+    scored_by(1.0).await;
+
+    let path = format!("/v1/installs/{id}");
+    let upgraded = client.ok(Method::PATCH, &path, Some(json!({"plugin_version_id": versions[1]}))).await.unwrap();
+    assert_eq!(upgraded["plugin_version_id"], versions[1].as_str(), "{upgraded}");
+    world.event(&contact, "page_viewed", json!({})).await;
+    scored_by(2.0).await;
+
+    let rolled_back = client.ok(Method::PATCH, &path, Some(json!({"plugin_version_id": versions[0]}))).await.unwrap();
+    assert_eq!(rolled_back["plugin_version_id"], versions[0].as_str());
+    world.event(&contact, "page_viewed", json!({})).await;
+    scored_by(1.0).await;
+
+    // Another plugin's version is not an upgrade: refused, nothing changes.
+    let plugins = world.get("/v1/plugins").await;
+    let rules =
+        plugins["items"].as_array().unwrap().iter().find(|p| p["name"] == "rules-scorer").unwrap()["id"].clone();
+    let (status, body) = client.call(Method::PATCH, &path, Some(json!({"plugin_version_id": rules}))).await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("rules-scorer") && message.contains("versioned-scorer"), "{message}");
+    assert_eq!(world.get(&path).await["plugin_version_id"], versions[0].as_str());
 }

@@ -138,6 +138,8 @@ fn empty_object() -> Value {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchInstall {
+    /// Run another version of the same plugin (upgrade or rollback).
+    pub plugin_version_id: Option<String>,
     /// New config.
     pub config: Option<Value>,
     /// New grants.
@@ -191,7 +193,13 @@ async fn patch(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchInstall>,
 ) -> Result<Json<Value>, ApiError> {
-    let install = state.registry.update_install(&tenant, &id, body.config, body.grants, body.enabled).await?;
+    let patch = crate::store::InstallPatch {
+        plugin_version_id: body.plugin_version_id,
+        config: body.config,
+        grants: body.grants,
+        enabled: body.enabled,
+    };
+    let install = state.registry.update_install(&tenant, &id, patch).await?;
     Ok(Json(install_json(&state, &install)))
 }
 

@@ -102,6 +102,7 @@ fn core_schemas() -> Value {
         "CreateInstall": {"type": "object", "additionalProperties": false, "required": ["plugin_version_id"], "properties": {
             "plugin_version_id": {"type": "string"}, "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}}},
         "PatchInstall": {"type": "object", "additionalProperties": false, "properties": {
+            "plugin_version_id": {"type": "string", "description": "another version of the same plugin: upgrade or roll back"},
             "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"}}},
         "Workflow": {"type": "object", "description": "A workflow definition (see examples/workflows/ and README: Workflows)", "required": ["name", "trigger", "steps"], "properties": {
             "name": {"type": "string"}, "description": {"type": "string"},
@@ -161,7 +162,7 @@ fn endpoint_paths() -> Value {
         "/v1/plugins/{id}": {"parameters": id_param(), "get": op("A plugin version", "200", None)},
         "/v1/installs": {"get": op("List installs", "200", None), "post": op("Install a plugin version with config and grants", "201", Some("CreateInstall"))},
         "/v1/installs/{id}": {"parameters": id_param(), "get": op("An install with call statistics", "200", None),
-            "patch": op("Change config, grants or enabled", "200", Some("PatchInstall")),
+            "patch": op("Upgrade or roll back the version, change config, grants or enabled", "200", Some("PatchInstall")),
             "delete": {"summary": "Remove an install", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
         "/v1/installs/{id}/inbound": {"parameters": id_param(), "post": {"summary": "A provider callback for a channel install; the plugin turns it into events (202 with accepted/rejected counts)", "security": [{"bearer": []}], "requestBody": {"content": {"*/*": {"schema": {}}}}, "responses": {"202": {"description": "accepted"}, "404": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}}},
         "/v1/invocations": {"get": op("Recorded plugin calls, newest first (?install_id=, ?limit=)", "200", None)},

@@ -41,7 +41,7 @@ impl From<RegistryError> for ApiError {
                     .map(|e| crate::api::error::FieldError { field: e.field, message: e.message })
                     .collect(),
             },
-            RegistryError::InvalidGrant(m) => ApiError::invalid(m),
+            RegistryError::InvalidGrant(m) | RegistryError::OtherPlugin(m) => ApiError::invalid(m),
             RegistryError::NotFound(what) => ApiError::NotFound(what),
             RegistryError::Store(s) => ApiError::from(s),
         }

@@ -35,6 +35,9 @@ pub enum RegistryError {
     /// A grant is unknown or was not asked for.
     #[error("{0}")]
     InvalidGrant(String),
+    /// The version asked for belongs to another plugin than the install's.
+    #[error("{0}")]
+    OtherPlugin(String),
     /// No such plugin version or install for this tenant.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -221,33 +224,49 @@ impl Registry {
         Ok(install)
     }
 
-    /// Change an install's config, grants or enabled flag.
+    /// Change an install's version, config, grants or enabled flag.
+    ///
+    /// A new `plugin_version_id` upgrades (or rolls back) the install: the
+    /// version must be of the same plugin; it is loaded and checked (its
+    /// `describe()` validated) before anything changes, and the config and
+    /// grants (the new ones, or else the current ones) are validated against
+    /// *its* schema and requests, so a version that cannot run this install
+    /// is refused with the reason and the old version stays. The swap is the
+    /// live table's atomic pointer swap: calls already running finish on the
+    /// version they started with.
     pub async fn update_install(
         &self,
         tenant: &str,
         install_id: &str,
-        config: Option<serde_json::Value>,
-        grants: Option<Vec<String>>,
-        enabled: Option<bool>,
+        patch: store::InstallPatch,
     ) -> Result<store::Install, RegistryError> {
         let current = self.store.get_install(tenant, install_id).await?.ok_or(RegistryError::NotFound("install"))?;
+        let target_id = patch.plugin_version_id.as_deref().unwrap_or(&current.plugin_version_id);
         let version = self
             .store
-            .get_plugin_version(Some(tenant), &current.plugin_version_id)
+            .get_plugin_version(Some(tenant), target_id)
             .await?
             .ok_or(RegistryError::NotFound("plugin version"))?;
+        if version.name != current.plugin_name {
+            return Err(RegistryError::OtherPlugin(format!(
+                "plugin_version_id: `{target_id}` is a version of {}, not of {}: install that plugin instead",
+                version.name, current.plugin_name
+            )));
+        }
         let plugin = self.load_hash(&version.hash).await?;
-        if let Some(c) = &config {
-            config::validate(&plugin.description.config_schema, c).map_err(RegistryError::InvalidConfig)?;
+        let upgrading = version.id != current.plugin_version_id;
+        if patch.config.is_some() || upgrading {
+            let config = patch.config.as_ref().unwrap_or(&current.config);
+            config::validate(&plugin.description.config_schema, config).map_err(RegistryError::InvalidConfig)?;
         }
-        if let Some(g) = &grants {
-            check_grants(&plugin.description, g)?;
+        if patch.grants.is_some() || upgrading {
+            check_grants(&plugin.description, patch.grants.as_ref().unwrap_or(&current.grants))?;
         }
-        let patched = self
-            .store
-            .patch_install(tenant, install_id, store::InstallPatch { plugin_version_id: None, config, grants, enabled })
-            .await?
-            .ok_or(RegistryError::NotFound("install"))?;
+        let patched =
+            self.store.patch_install(tenant, install_id, patch).await?.ok_or(RegistryError::NotFound("install"))?;
+        if upgrading {
+            tracing::info!(install = %install_id, from = %current.plugin_version, to = %version.version, "install now runs {} {}", version.name, version.version);
+        }
         self.refresh().await?;
         Ok(patched)
     }

@@ -1,9 +1,12 @@
-// Shared by the hostile scorer guests (`include!`d, not a crate: each guest
-// stays one self-contained component). Declares a scorer named `$name`,
-// with no config, whose `score` runs `$body`; the guest's own docs and
-// helpers say what the attack is.
+// Shared by the test scorer guests (`include!`d, not a crate: each guest
+// stays one self-contained component). Declares a scorer named `$name`
+// (version `$version`, default 0.1.0), with no config, whose `score` runs
+// `$body`; the guest's own docs say what it does to the host.
 macro_rules! hostile_scorer {
     ($name:literal, $body:block) => {
+        hostile_scorer!($name, "0.1.0", $body);
+    };
+    ($name:literal, $version:literal, $body:block) => {
         #[derive(serde::Deserialize, Default)]
         #[serde(default)]
         struct Config {}
@@ -14,7 +17,7 @@ macro_rules! hostile_scorer {
             type Config = Config;
 
             fn describe() -> Description {
-                Description::new($name, "0.1.0").summary("hostile test guest").kind(Kind::Scorer)
+                Description::new($name, $version).summary("test guest").kind(Kind::Scorer)
             }
         }
 
