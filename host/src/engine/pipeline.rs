@@ -31,8 +31,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::clock::Clock;
 use crate::engine::automation::{AutomationCache, TenantAutomation};
-use crate::engine::clock::Clock;
 use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;

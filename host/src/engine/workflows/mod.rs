@@ -248,7 +248,7 @@ impl Workflows {
         }
     }
 
-    /// One round: due schedules, then up to [`CLAIM`] due runs. Returns how
+    /// One round: due schedules, then a claim of due runs. Returns how
     /// many runs and schedules it handled.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let fired = self.fire_schedules().await?;
