@@ -72,6 +72,8 @@ pub struct CallStats {
     pub duration_us: u64,
     /// Host imports called.
     pub host_calls: u32,
+    /// Peak linear memory, bytes.
+    pub peak_memory_bytes: u64,
     /// Log lines the plugin wrote.
     pub logs: Vec<LogLine>,
 }
@@ -159,6 +161,7 @@ impl Call {
             fuel_used: self.fuel_budget.saturating_sub(fuel_left),
             duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             host_calls: self.store.data().host_calls(),
+            peak_memory_bytes: self.store.data().limiter.peak_memory_bytes as u64,
             logs: std::mem::take(&mut self.store.data_mut().logs),
         }
     }

@@ -51,12 +51,15 @@ pub struct CallLimiter {
     memory_bytes: usize,
     /// Set when a memory growth was refused.
     pub memory_refused: bool,
+    /// The largest linear memory the call asked for and got, bytes
+    /// (`cairn plugin test` reports it against the cap).
+    pub peak_memory_bytes: usize,
 }
 
 impl CallLimiter {
     /// A limiter for one call.
     pub fn new(memory_bytes: usize) -> Self {
-        CallLimiter { memory_bytes, memory_refused: false }
+        CallLimiter { memory_bytes, memory_refused: false, peak_memory_bytes: 0 }
     }
 }
 
@@ -66,6 +69,7 @@ impl wasmtime::ResourceLimiter for CallLimiter {
             self.memory_refused = true;
             return Ok(false);
         }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
         Ok(true)
     }
 

@@ -26,6 +26,7 @@ pub mod grants;
 pub mod host;
 pub mod invoke;
 pub mod limits;
+pub mod recorded;
 
 use std::path::PathBuf;
 use std::sync::Arc;
