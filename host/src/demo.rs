@@ -97,6 +97,7 @@ pub async fn start_receiver(secret: &'static str) -> anyhow::Result<HookReceiver
 }
 
 /// A tiny JSON client for the API.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,

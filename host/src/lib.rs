@@ -14,6 +14,8 @@
 //! - [`server`]: wiring all of it into a running server.
 //! - [`catalog`]: the prebuilt plugins embedded in the binary.
 //! - [`demo`], [`mod@bench`]: `cairn demo` and `cairn bench`.
+//! - [`devtools`]: `cairn plugin new|build|test|push|replay`.
+//! - [`watch`]: `cairn serve --watch`, rebuild and hot-reload from source.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -21,8 +23,10 @@ pub mod bench;
 pub mod catalog;
 pub mod clock;
 pub mod demo;
+pub mod devtools;
 pub mod engine;
 pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod watch;

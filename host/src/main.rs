@@ -1,4 +1,5 @@
-//! The `cairn` command: `serve`, `demo`, `bench`, `tenant create`.
+//! The `cairn` command: `serve`, `demo`, `bench`, `tenant create`, and
+//! `plugin new|build|test|push|replay` for plugin developers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,11 +33,19 @@ enum Command {
         /// Only the workflow engine figure (enrollments/s, steps/s).
         #[arg(long)]
         workflows_only: bool,
+        /// Only the hot-swap figure (p99 event latency during swaps vs steady).
+        #[arg(long, conflicts_with = "workflows_only")]
+        swap_only: bool,
     },
     /// Manage tenants directly on a database.
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
+    },
+    /// Write plugins: new, build, test, push, replay.
+    Plugin {
+        #[command(subcommand)]
+        command: cairn::devtools::cli::PluginCommand,
     },
 }
 
@@ -78,6 +87,20 @@ struct ServeArgs {
     /// Failures in a row after which an install is disabled (0: never).
     #[arg(long, default_value_t = 20)]
     breaker_failures: u32,
+    /// Seconds a newly upgraded version is on probation (rolled back if its
+    /// calls fail too often).
+    #[arg(long, default_value_t = 300)]
+    probation_secs: u64,
+    /// Share of failed calls, percent, that rolls a version on probation back (0: never).
+    #[arg(long, default_value_t = 50)]
+    rollback_failure_percent: u32,
+    /// Calls a version on probation makes before its failure rate counts.
+    #[arg(long, default_value_t = 5)]
+    rollback_min_calls: u32,
+    /// Rebuild the plugin crate(s) in this folder when their sources change
+    /// and hot-reload every install of them (development).
+    #[arg(long)]
+    watch: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,7 +116,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
-            Command::Bench { quick, workflows_only } => cairn::bench::run(quick, workflows_only).await,
+            Command::Bench { quick, workflows_only, swap_only } => {
+                cairn::bench::run(quick, workflows_only, swap_only).await
+            }
             Command::Tenant { command: TenantCommand::Create { name, db } } => {
                 let store = cairn::store::Store::open(db.as_deref().unwrap_or("sqlite://cairn.db")).await?;
                 let tenant = store.create_tenant(&name).await?;
@@ -101,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({"tenant": tenant, "api_key": key}));
                 Ok(())
             }
+            Command::Plugin { command } => cairn::devtools::cli::run(command).await,
         }
     })
 }
@@ -119,6 +145,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fuel: args.fuel,
             memory_bytes: args.memory_mib << 20,
             breaker_failures: args.breaker_failures,
+            probation: Duration::from_secs(args.probation_secs),
+            rollback_failure_percent: args.rollback_failure_percent,
+            rollback_min_calls: args.rollback_min_calls,
             ..Limits::default()
         },
         allow_private_network: args.allow_private_network,
@@ -130,6 +159,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("admin key (shown once, store it now): {key}");
     }
     tracing::info!("cairn listening on {} (started in {:?})", server.url(), server.startup);
+    let _watch = args.watch.map(|dir| {
+        tracing::info!("watching {} for plugin sources", dir.display());
+        cairn::watch::spawn(dir, server.state.registry.clone(), Duration::from_millis(500), false)
+    });
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -1,14 +1,15 @@
 //! Wiring: open the store, build the runtime and registry, load the
-//! catalog and installs, start intake, pipeline and workflow runner, serve
-//! HTTP.
+//! catalog and installs, start intake, pipeline and workflow runner and the
+//! retention of recorded plugin-call inputs, serve HTTP.
 //!
 //! [`start`] is what `cairn serve`, `cairn demo`, the end-to-end tests and
-//! the benchmark all use, so they exercise the same server.
+//! the benchmark all use, so they exercise the same server;
+//! [`start_with_retention`] is the same with another input retention.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::Notify;
@@ -18,7 +19,35 @@ use crate::engine::workflows::Workflows;
 use crate::engine::{Clock, Intake, Pipeline};
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeSettings};
-use crate::store::{Principal, Store};
+use crate::store::{Principal, Store, StoreError};
+
+/// How long recorded plugin-call inputs are kept by default: a week is long
+/// enough to notice a failure and replay it, short enough that the customer
+/// data copied into every call's record does not pile up.
+pub const DEFAULT_INPUT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the server erases inputs past their retention by default. An
+/// input outlives its retention by at most this much.
+pub const DEFAULT_EXPIRY_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// How long the server keeps the inputs of recorded plugin calls (what
+/// `GET /v1/invocations/{id}` serves for replay), and how often it erases
+/// older ones. Kept apart from [`ServerConfig`] so code that spells out a
+/// whole `ServerConfig` keeps compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputRetention {
+    /// Inputs of calls older than this (business time: the store's clock)
+    /// are erased; the records stay.
+    pub keep: Duration,
+    /// Real time between two passes (one runs at start, and one whenever a
+    /// manual clock moves).
+    pub every: Duration,
+}
+
+impl Default for InputRetention {
+    fn default() -> Self {
+        InputRetention { keep: DEFAULT_INPUT_RETENTION, every: DEFAULT_EXPIRY_EVERY }
+    }
+}
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -84,8 +113,15 @@ impl Server {
     }
 }
 
-/// Start a server.
+/// Start a server (inputs of recorded calls kept for
+/// [`DEFAULT_INPUT_RETENTION`]).
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+    start_with_retention(config, InputRetention::default()).await
+}
+
+/// Start a server that keeps inputs of recorded plugin calls as `retention`
+/// says (`cairn serve --invocation-retention-hours`).
+pub async fn start_with_retention(config: ServerConfig, retention: InputRetention) -> anyhow::Result<Server> {
     let began = Instant::now();
     let store = Store::open(&config.database_url).await.with_context(|| "opening the database")?;
     // One clock for everything the store stamps and the engine schedules.
@@ -116,6 +152,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     if config.run_pipeline {
         tasks.push(tokio::spawn(pipeline.clone().run()));
         tasks.push(tokio::spawn(workflows.clone().run()));
+        tasks.push(tokio::spawn(expire_inputs_loop(store.clone(), retention)));
     }
     let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default() };
     let listener =
@@ -128,4 +165,33 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         }
     }));
     Ok(Server { addr, state, generated_admin_key, startup: began.elapsed(), tasks })
+}
+
+/// Erase the inputs of recorded calls older than `keep` by the store's
+/// clock; returns how many were erased. What the server's retention task
+/// runs on each pass.
+pub async fn expire_invocation_inputs(store: &Store, keep: Duration) -> Result<u64, StoreError> {
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    store.expire_invocation_inputs(store.now().saturating_sub(keep_ms)).await
+}
+
+/// The retention task: a pass at start, then every `retention.every`, and
+/// whenever a manual clock moves (a test or the demo jumping days ahead
+/// sees inputs expire as they would have in real time).
+async fn expire_inputs_loop(store: Store, retention: InputRetention) {
+    let clock = store.clock().clone();
+    loop {
+        // Registered before the pass, so a move during it is not missed.
+        let moved = clock.changed();
+        match expire_invocation_inputs(&store, retention.keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("erased the inputs of {n} recorded plugin calls past their retention"),
+            // Not fatal: the next pass erases what this one could not.
+            Err(e) => tracing::warn!("erasing expired plugin-call inputs failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.every) => {}
+            _ = moved => {}
+        }
+    }
 }

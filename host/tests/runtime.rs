@@ -343,3 +343,28 @@ async fn a_component_missing_the_export_of_a_kind_it_claims_is_refused_naming_it
     assert!(matches!(err, LoadError::MissingExport(_)), "{err}");
     assert!(err.to_string().contains("cairn:plugin/action@0.1.0"), "{err}");
 }
+
+#[tokio::test]
+async fn a_plain_cairn_plugin_component_runs_beside_one_with_the_health_self_test() {
+    let rt = runtime_with(Limits::default());
+    let store = memory_store().await;
+    // Built against cairn:plugin@0.1.0 alone, without the SDK: no self-test,
+    // so describe() is its whole health check.
+    let plain = load(&rt, guest_bytes("guest-raw-scorer").unwrap()).await;
+    assert!(!plain.has_self_test());
+    assert_eq!(plain.wit_packages(), ["cairn:plugin@0.1.0"]);
+    assert_eq!(rt.self_test(&plain).await.unwrap(), None);
+    // Built with the SDK: cairn:plugin@0.1.0 plus cairn:health@0.1.0.
+    let checked = load(&rt, guest_bytes("guest-versioned-3").unwrap()).await;
+    assert_eq!(checked.wit_packages(), ["cairn:plugin@0.1.0", "cairn:health@0.1.0"]);
+    let checks = rt.self_test(&checked).await.unwrap().expect("a self-test");
+    assert_eq!(checks.len(), 1);
+    assert!(!checks[0].passed && checks[0].detail == "expected 2, scored 3", "{checks:?}");
+    // Both score, side by side, on the same runtime.
+    let (contact, events) = cairn::bench::sample_input(store::now_ms());
+    for (plugin, expected) in [(&plain, 50.0), (&checked, 3.0)] {
+        let input = ProjectedInput::build(plugin, &contact, &events);
+        let called = rt.score(plugin, scope(&rt, &store, "t1", Grants::default()), "{}", &input, "inv").await.unwrap();
+        assert_eq!(called.value.value, expected);
+    }
+}

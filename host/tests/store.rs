@@ -14,8 +14,9 @@ use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
-    ContactFilter, ContactPatch, InstallPatch, InvocationRecord, NewCompany, NewContact, NewDeal, NewEvent, NewInstall,
-    NewTask, Principal, Properties, Store, StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
+    ContactFilter, ContactPatch, InputStatus, InstallPatch, InvocationFilter, InvocationRecord, MAX_INPUT_JSON,
+    NewCompany, NewContact, NewDeal, NewEvent, NewInstall, NewTask, Principal, Properties, Store, StoreError,
+    TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
 };
 use sqlx::Row;
 
@@ -45,6 +46,8 @@ on_both_backends!(
     installs_are_created_patched_listed_and_deleted,
     plugin_state_belongs_to_one_install_of_one_tenant,
     invocations_are_recorded_listed_and_counted,
+    an_invocation_keeps_its_input_for_its_own_tenant_and_lists_leave_it_out,
+    inputs_past_their_retention_are_erased_and_their_records_kept,
     lifecycle_thresholds_are_set_listed_and_removed,
 );
 
@@ -109,6 +112,7 @@ async fn install(store: &Store, tenant: &str, version_id: &str) -> anyhow::Resul
         config: serde_json::json!({}),
         grants: vec!["store-read".into()],
         enabled: None,
+        auto_upgrade: None,
     };
     Ok(store.create_install(tenant, new).await?.id)
 }
@@ -657,6 +661,9 @@ async fn the_timeline_merges_a_contacts_history_newest_first(store: Store) -> an
         idempotency_key: Some("k".into()),
         output_json: Some("{}".into()),
         at: now + 60_000,
+        plugin_version_id: None,
+        input_json: None,
+        input_status: None,
     };
     store.record_invocation(&action).await?;
     store.record_invocation(&InvocationRecord { id: new_id(), kind: "score".into(), ..action.clone() }).await?;
@@ -842,6 +849,7 @@ async fn installs_are_created_patched_listed_and_deleted(store: Store) -> anyhow
         config: serde_json::json!({"weight": 2}),
         grants: vec!["store-read".into(), "http:hooks.example.com".into(), "store-read".into()],
         enabled: None,
+        auto_upgrade: None,
     };
     let inst = store.create_install(&t, new).await?;
     assert_eq!(inst.plugin_name, "scorer");
@@ -851,11 +859,21 @@ async fn installs_are_created_patched_listed_and_deleted(store: Store) -> anyhow
     assert_eq!(store.get_install(&t, &inst.id).await?, Some(inst.clone()));
     assert_eq!(store.get_install(&other, &inst.id).await?, None);
 
-    let foreign =
-        NewInstall { plugin_version_id: theirs, config: serde_json::json!({}), grants: vec![], enabled: None };
+    let foreign = NewInstall {
+        plugin_version_id: theirs,
+        config: serde_json::json!({}),
+        grants: vec![],
+        enabled: None,
+        auto_upgrade: None,
+    };
     assert!(matches!(store.create_install(&t, foreign).await, Err(StoreError::UnknownReference { .. })));
-    let not_object =
-        NewInstall { plugin_version_id: v1.clone(), config: serde_json::json!([1]), grants: vec![], enabled: None };
+    let not_object = NewInstall {
+        plugin_version_id: v1.clone(),
+        config: serde_json::json!([1]),
+        grants: vec![],
+        enabled: None,
+        auto_upgrade: None,
+    };
     assert!(matches!(store.create_install(&t, not_object).await, Err(StoreError::Invalid(_))));
 
     let patch = InstallPatch {
@@ -863,11 +881,31 @@ async fn installs_are_created_patched_listed_and_deleted(store: Store) -> anyhow
         config: Some(serde_json::json!({"weight": 3})),
         grants: Some(vec!["state".into()]),
         enabled: Some(false),
+        auto_upgrade: Some(true),
     };
     let patched = store.patch_install(&t, &inst.id, patch).await?.context("patched")?;
     assert_eq!(patched.plugin_version, "1.1.0");
     assert_eq!(patched.config, serde_json::json!({"weight": 3}));
     assert_eq!(patched.grants, ["state"]);
+    assert!(patched.auto_upgrade && !inst.auto_upgrade);
+    assert_eq!(store.auto_upgrade_installs(&t, "scorer").await?.len(), 1);
+    assert!(store.auto_upgrade_installs(&t, "other").await?.is_empty());
+    let change = cairn::store::InstallChange {
+        id: cairn::store::new_id(),
+        tenant_id: t.clone(),
+        install_id: inst.id.clone(),
+        action: "refused".into(),
+        from_version_id: Some(patched.plugin_version_id.clone()),
+        to_version_id: None,
+        from_version: Some("1.1.0".into()),
+        to_version: Some("2.0.0".into()),
+        reason: Some("self-test failed".into()),
+        checks: Some(serde_json::json!([{"name": "x", "passed": false, "detail": "y"}])),
+        at: 5,
+    };
+    store.record_install_change(&change).await?;
+    assert_eq!(store.install_history(&t, &inst.id, 10).await?, vec![change]);
+    assert!(store.install_history(&other, &inst.id, 10).await?.is_empty());
     assert!(!patched.enabled);
     assert_eq!(store.patch_install(&other, &inst.id, InstallPatch::default()).await?, None);
 
@@ -934,6 +972,9 @@ async fn invocations_are_recorded_listed_and_counted(store: Store) -> anyhow::Re
         idempotency_key: None,
         output_json: None,
         at: 1_000,
+        plugin_version_id: None,
+        input_json: None,
+        input_status: None,
     };
     for i in 0..4 {
         store.record_invocation(&InvocationRecord { id: new_id(), at: 1_000 + i, ..base.clone() }).await?;
@@ -960,6 +1001,116 @@ async fn invocations_are_recorded_listed_and_counted(store: Store) -> anyhow::Re
     let counts = store.invocation_counts(&t, "a", 0).await?;
     assert_eq!((counts.ok, counts.failed), (4, 1));
     assert_eq!(store.invocation_counts(&t, "a", 1_500).await?.failed, 1);
+    Ok(())
+}
+
+/// A recorded call with input `input` (JSON text), about `contact`, at `at`.
+fn call_with_input(tenant: &str, contact: &str, ok: bool, input: Option<String>, at: i64) -> InvocationRecord {
+    InvocationRecord {
+        id: new_id(),
+        tenant_id: tenant.into(),
+        install_id: "hook".into(),
+        kind: "execute".into(),
+        contact_id: Some(contact.into()),
+        event_id: None,
+        ok,
+        error_cause: (!ok).then(|| "plugin".into()),
+        error_message: (!ok).then(|| "upstream said no".into()),
+        fuel_used: Some(1_000),
+        duration_us: 50,
+        idempotency_key: Some("run:r:s".into()),
+        output_json: None,
+        at,
+        plugin_version_id: Some("version-1".into()),
+        input_json: input,
+        input_status: None,
+    }
+}
+
+async fn an_invocation_keeps_its_input_for_its_own_tenant_and_lists_leave_it_out(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let other = tenant(&store, "Other").await?;
+    let input = serde_json::json!({"export": "execute", "contact": {"id": "c1"}, "idempotency_key": "run:r:s"});
+    let failed = call_with_input(&t, "c1", false, Some(input.to_string()), 1_000);
+    store.record_invocation(&failed).await?;
+
+    let got = store.get_invocation(&t, &failed.id).await?.context("invocation")?;
+    assert_eq!(got.input_status, Some(InputStatus::Kept));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(got.input_json.as_deref().context("input")?)?, input);
+    assert_eq!(got.plugin_version_id.as_deref(), Some("version-1"));
+    assert_eq!(InvocationRecord { input_status: None, ..got.clone() }, failed, "round trip");
+    assert_eq!(store.get_invocation(&other, &failed.id).await?, None, "another tenant's id is unknown");
+    assert_eq!(store.get_invocation(&t, "missing").await?, None);
+
+    // Lists are light: the status, never the input itself.
+    let listed = store.list_invocations(&t, None, 10).await?;
+    assert_eq!((listed[0].input_json.as_deref(), listed[0].input_status), (None, Some(InputStatus::Kept)));
+
+    // An input over the cap is not kept, and the record says so.
+    let huge = format!("{{\"export\": \"execute\", \"pad\": \"{}\"}}", "x".repeat(MAX_INPUT_JSON));
+    let dropped = call_with_input(&t, "c2", true, Some(huge), 2_000);
+    store.record_invocation(&dropped).await?;
+    let got = store.get_invocation(&t, &dropped.id).await?.context("invocation")?;
+    assert_eq!((got.input_json, got.input_status), (None, Some(InputStatus::TooLarge)));
+    // A call recorded without input says nothing about one.
+    let bare = call_with_input(&t, "c1", true, None, 3_000);
+    store.record_invocation(&bare).await?;
+    let got = store.get_invocation(&t, &bare.id).await?.context("invocation")?;
+    assert_eq!((got.input_json, got.input_status), (None, None));
+
+    // Filters: by contact, by outcome, both.
+    let ids = |items: Vec<InvocationRecord>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let by = |contact: Option<&str>, ok: Option<bool>| InvocationFilter {
+        contact_id: contact.map(str::to_string),
+        ok,
+        ..InvocationFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_invocations_where(&t, &by(Some("c1"), None), 10).await?),
+        [bare.id.as_str(), failed.id.as_str()]
+    );
+    assert_eq!(ids(store.list_invocations_where(&t, &by(None, Some(false)), 10).await?), [failed.id.as_str()]);
+    assert_eq!(ids(store.list_invocations_where(&t, &by(Some("c2"), Some(true)), 10).await?), [dropped.id.as_str()]);
+    assert!(store.list_invocations_where(&t, &by(Some("c2"), Some(false)), 10).await?.is_empty());
+    assert!(store.list_invocations_where(&other, &by(Some("c1"), None), 10).await?.is_empty());
+    Ok(())
+}
+
+async fn inputs_past_their_retention_are_erased_and_their_records_kept(store: Store) -> anyhow::Result<()> {
+    const DAY: i64 = 86_400_000;
+    let t0 = 1_767_225_600_000;
+    let clock = Clock::manual(t0);
+    let store = store.with_clock(clock.clone());
+    let t = tenant(&store, "Acme").await?;
+    let input = || Some(r#"{"export": "score"}"#.to_string());
+    // More than one batch of old inputs, and one recent.
+    let mut old = Vec::new();
+    for i in 0..1_003 {
+        let call = call_with_input(&t, "c1", i % 2 == 0, input(), t0 - 10 * DAY + i);
+        store.record_invocation(&call).await?;
+        old.push(call.id);
+    }
+    let recent = call_with_input(&t, "c1", false, input(), t0 - DAY);
+    store.record_invocation(&recent).await?;
+
+    // By the store's clock: a week back from now erases the 10-day-old ones.
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    assert_eq!(cairn::server::expire_invocation_inputs(&store, week).await?, 1_003);
+    for id in [&old[0], &old[1_002]] {
+        let got = store.get_invocation(&t, id).await?.context("the record stays")?;
+        assert_eq!((got.input_json, got.input_status), (None, Some(InputStatus::Expired)));
+    }
+    let got = store.get_invocation(&t, &recent.id).await?.context("recent")?;
+    assert_eq!(got.input_status, Some(InputStatus::Kept));
+    assert!(got.input_json.is_some());
+    assert_eq!(store.expire_invocation_inputs(t0 - 7 * DAY).await?, 0, "nothing old is left");
+    assert_eq!(store.list_invocations(&t, None, 1000).await?.len(), 1000, "records are kept");
+
+    // Time passes: the recent one expires in its turn.
+    clock.advance(7 * DAY);
+    assert_eq!(cairn::server::expire_invocation_inputs(&store, week).await?, 1);
+    let got = store.get_invocation(&t, &recent.id).await?.context("recent")?;
+    assert_eq!((got.input_json, got.input_status), (None, Some(InputStatus::Expired)));
     Ok(())
 }
 

@@ -17,8 +17,9 @@ use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
-    ContactPatch, EnrollOutcome, Enrollment, Event, MAX_STEP_JSON, NewContact, NewEvent, NewTask, Page, Properties,
-    Run, RunFilter, RunProgress, RunStep, Store, StoreError, TimelineEntry, Value, Workflow, new_id, now_ms,
+    ContactPatch, EnrollOutcome, Enrollment, Event, InputStatus, InvocationRecord, MAX_STEP_JSON, NewContact, NewEvent,
+    NewTask, Page, Properties, Run, RunFilter, RunProgress, RunStep, Store, StoreError, TimelineEntry, Value, Workflow,
+    new_id, now_ms,
 };
 use serde_json::json;
 
@@ -29,6 +30,7 @@ on_both_backends!(
     concurrent_enrollments_of_one_contact_create_one_run,
     due_runs_are_claimed_by_wake_time_and_held_by_their_lease,
     saved_progress_and_step_records_round_trip,
+    action_calls_are_saved_with_their_step_in_one_transaction,
     only_a_failed_run_can_be_retried,
     runs_are_listed_by_filter_and_paged_newest_first,
     due_schedules_are_claimed_once_until_the_next_firing_is_set,
@@ -121,6 +123,7 @@ fn step(run: &Run, step_id: &str, status: &str, attempts: i64, at: i64) -> RunSt
         finished_at: Some(at + 5),
         duration_us: 1_200,
         fuel_used: Some(42),
+        invocation_id: None,
     }
 }
 
@@ -436,6 +439,85 @@ async fn due_runs_are_claimed_by_wake_time_and_held_by_their_lease(store: Store)
         }
     }
     assert_eq!(seen.len(), 43);
+    Ok(())
+}
+
+/// The plugin call of an attempt of step `step_id` of `run`.
+fn attempt_call(run: &Run, step_id: &str, ok: bool, at: i64) -> InvocationRecord {
+    let key = format!("run:{}:{step_id}", run.id);
+    InvocationRecord {
+        id: new_id(),
+        tenant_id: run.tenant_id.clone(),
+        install_id: "hook".into(),
+        kind: "execute".into(),
+        contact_id: Some(run.contact_id.clone()),
+        event_id: None,
+        ok,
+        error_cause: (!ok).then(|| "plugin".into()),
+        error_message: (!ok).then(|| "smtp down".into()),
+        fuel_used: Some(42),
+        duration_us: 1_200,
+        idempotency_key: Some(key.clone()),
+        output_json: ok.then(|| r#"{"message_id":"m-1"}"#.into()),
+        at,
+        plugin_version_id: Some("version-1".into()),
+        input_json: Some(json!({"export": "execute", "idempotency_key": key}).to_string()),
+        input_status: None,
+    }
+}
+
+async fn action_calls_are_saved_with_their_step_in_one_transaction(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let other = tenant(&store, "Other").await?;
+    let c = contact(&store, &t, "ann@example.com").await?;
+    let w = workflow(&store, &t, "Welcome").await?;
+    let run = enrolled(&store.enroll(&[enrollment(&t, &w.id, &c, "k", T0)]).await?[0]).clone();
+    let waiting = RunProgress { cursor: Some("s1".into()), wake_at: Some(T0 + 60_000), ..finish(&run, "waiting", T0) };
+
+    // Attempt 1 fails: its call is recorded with the step, which names it.
+    let first = attempt_call(&run, "s1", false, T0);
+    let s1 = RunStep { invocation_id: Some(first.id.clone()), ..step(&run, "s1", "retrying", 1, T0) };
+    assert!(store.save_run_with_calls(&waiting, std::slice::from_ref(&s1), std::slice::from_ref(&first)).await?);
+    let (_, steps) = store.get_run(&t, &run.id).await?.context("run")?;
+    assert_eq!(steps, std::slice::from_ref(&s1));
+    let got = store.get_invocation(&t, &first.id).await?.context("the call is recorded")?;
+    assert_eq!(got, InvocationRecord { input_status: Some(InputStatus::Kept), ..first.clone() });
+
+    // Attempt 2 succeeds: the step now names the second call; both are kept.
+    let second = attempt_call(&run, "s1", true, T0 + 60_000);
+    let s1b = RunStep { invocation_id: Some(second.id.clone()), ..step(&run, "s1", "ok", 2, T0 + 60_000) };
+    assert!(
+        store
+            .save_run_with_calls(&finish(&run, "completed", T0 + 60_000), &[s1b], std::slice::from_ref(&second))
+            .await?
+    );
+    let (_, steps) = store.get_run(&t, &run.id).await?.context("run")?;
+    assert_eq!(steps[0].invocation_id.as_deref(), Some(second.id.as_str()));
+    assert_eq!(steps[0].id, s1.id, "one record per step");
+    let serialized = serde_json::to_value(&steps[0])?;
+    assert_eq!(serialized["invocation_id"], json!(second.id));
+    assert!(store.get_invocation(&t, &first.id).await?.is_some());
+    assert_eq!(store.list_invocations(&t, None, 10).await?.len(), 2);
+
+    // A step record saved before invocation ids existed still reads.
+    let mut old = serialized.clone();
+    old.as_object_mut().context("object")?.remove("invocation_id");
+    assert_eq!(serde_json::from_value::<RunStep>(old)?.invocation_id, None);
+
+    // A call of another tenant is refused, and nothing of the save is kept.
+    let stray = InvocationRecord { tenant_id: other.clone(), ..attempt_call(&run, "s2", true, T0 + DAY) };
+    let s2 = RunStep { invocation_id: Some(stray.id.clone()), ..step(&run, "s2", "ok", 1, T0 + DAY) };
+    let refused =
+        store.save_run_with_calls(&finish(&run, "completed", T0 + DAY), &[s2], std::slice::from_ref(&stray)).await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    assert_eq!(store.get_invocation(&other, &stray.id).await?, None);
+    assert_eq!(store.get_run(&t, &run.id).await?.context("run")?.1.len(), 1);
+
+    // A run that is gone records neither its steps nor their calls.
+    assert!(store.delete_contact(&t, &c).await?);
+    let late = attempt_call(&run, "s2", true, T0 + DAY);
+    assert!(!store.save_run_with_calls(&finish(&run, "completed", T0 + DAY), &[], std::slice::from_ref(&late)).await?);
+    assert_eq!(store.get_invocation(&t, &late.id).await?, None);
     Ok(())
 }
 

@@ -6,12 +6,14 @@ use crate::context::{Context, Host, HttpRequest, HttpResponse, LogLevel, NewTask
 use crate::kinds::{Action, Channel, Plugin, Scorer, Trigger};
 use crate::types::{self as sdk, HostError, PluginError, Properties};
 
-/// Bindings for the `plugin` world (every kind exported).
+/// Bindings for the `cairn:health/plugin` world: every kind of
+/// `cairn:plugin@0.1.0` exported, plus the optional self-test.
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod wit {
     wit_bindgen::generate!({
-        world: "plugin",
-        path: "../wit/0.1.0",
+        world: "cairn:health/plugin",
+        path: ["../wit/0.1.0", "../wit/health/0.1.0"],
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_cairn_plugin",
         default_bindings_module: "cairn_sdk::glue::wit",
@@ -238,6 +240,14 @@ pub fn unsupported(kind: &str) -> w::types::PluginError {
 /// `meta.describe`.
 pub fn describe<T: Plugin>() -> w::types::Description {
     description_to_wit(T::describe())
+}
+
+/// `self-test.run`: the plugin's own checks (none by default).
+pub fn self_test<T: Plugin>() -> Vec<wit::exports::cairn::health::self_test::Check> {
+    T::self_test()
+        .into_iter()
+        .map(|c| wit::exports::cairn::health::self_test::Check { name: c.name, passed: c.passed, detail: c.detail })
+        .collect()
 }
 
 /// `scorer.score`.

@@ -8,7 +8,7 @@
 use crate::context::Context;
 use crate::types::{
     ActionInput, Contact, Description, Enrollment, Event, InboundEvent, InboundRequest, Message, Outputs, PluginError,
-    Receipt, Score, Timestamp,
+    Receipt, Score, SelfCheck, Timestamp,
 };
 
 /// What every plugin is.
@@ -19,6 +19,16 @@ pub trait Plugin {
 
     /// Name, version, kinds, config schema, capabilities, inputs.
     fn describe() -> Description;
+
+    /// Checks the plugin runs on itself before a new version of it takes
+    /// over an install (an upgrade or a hot reload): any failed check keeps
+    /// the old version running and is shown to the admin. Runs with no
+    /// tenant (store, state and HTTP answer "not allowed"), so exercise your
+    /// own logic on inputs you bring, e.g. call your `score` on a sample
+    /// contact. None by default.
+    fn self_test() -> Vec<SelfCheck> {
+        Vec::new()
+    }
 }
 
 /// Computes a score. Must be deterministic: same inputs, same score.

@@ -59,8 +59,14 @@ pub use kinds::{Action, Channel, Plugin, Scorer, Trigger};
 pub use types::*;
 
 /// The version of the `cairn:plugin` WIT package this SDK builds against.
-/// Cairn reads it from the component's imports; it is here for diagnostics.
+/// It is embedded in every component the SDK builds: the component's
+/// imports and exports name it (`cairn:plugin/meta@0.1.0`), and Cairn shows
+/// it per uploaded version (`wit` in `GET /v1/plugins/{id}`).
 pub const WIT_VERSION: &str = "0.1.0";
+
+/// The version of the optional `cairn:health` package (the `self-test`
+/// export) the SDK builds against.
+pub const HEALTH_WIT_VERSION: &str = "0.1.0";
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
@@ -84,6 +90,11 @@ macro_rules! register_plugin {
         impl $crate::glue::wit::exports::cairn::plugin::meta::Guest for __CairnExports {
             fn describe() -> $crate::glue::wit::cairn::plugin::types::Description {
                 $crate::glue::describe::<$ty>()
+            }
+        }
+        impl $crate::glue::wit::exports::cairn::health::self_test::Guest for __CairnExports {
+            fn run() -> Vec<$crate::glue::wit::exports::cairn::health::self_test::Check> {
+                $crate::glue::self_test::<$ty>()
             }
         }
         $crate::__cairn_kind!(@scorer $ty; $($kind),+);

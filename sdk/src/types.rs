@@ -285,6 +285,25 @@ pub struct Score {
     pub reasons: Vec<String>,
 }
 
+/// One check of a plugin's [`self_test`](crate::Plugin::self_test).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfCheck {
+    /// A short name, e.g. "scores an email click".
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was expected and seen (may be empty when it passed).
+    pub detail: String,
+}
+
+impl SelfCheck {
+    /// A check named `name` that passed when `passed`, with `detail` saying
+    /// what was seen: `SelfCheck::new("scores a click", score == 10.0, format!("got {score}"))`.
+    pub fn new(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> SelfCheck {
+        SelfCheck { name: name.into(), passed, detail: detail.into() }
+    }
+}
+
 /// A contact a trigger enrolls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enrollment {

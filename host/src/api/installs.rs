@@ -1,7 +1,10 @@
 //! `/v1/installs`: install a plugin version for the tenant with a config
 //! (validated against the plugin's JSON Schema, field by field) and the
 //! capabilities the admin grants; change config, grants or enabled; remove.
-//! `/v1/invocations`: the recorded plugin calls (failures with their cause).
+//! `/v1/invocations`: the recorded plugin calls (failures with their cause,
+//! every workflow action attempt, channel callbacks), and
+//! `/v1/invocations/{id}`: one call with its input, a `RecordedCall` that
+//! `cairn plugin replay` runs against another build.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,7 +16,11 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::auth::TenantAuth;
 use crate::api::error::{ApiError, ApiJson};
-use crate::store::Install;
+use crate::engine::actions::invocation_record;
+use crate::runtime::bindings::guest::channel::InboundEvent;
+use crate::runtime::invoke::Called;
+use crate::runtime::recorded::{RecordedCall, parse_config};
+use crate::store::{InputStatus, Install, InvocationFilter};
 
 /// Routes of this module.
 pub fn routes() -> Router<AppState> {
@@ -21,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/installs", get(list).post(create))
         .route("/v1/installs/{id}", get(fetch).patch(patch).delete(remove))
         .route("/v1/invocations", get(invocations))
+        .route("/v1/invocations/{id}", get(invocation))
         .route("/v1/installs/{id}/inbound", axum::routing::post(inbound))
 }
 
@@ -28,6 +36,12 @@ pub fn routes() -> Router<AppState> {
 /// body as the provider sent it). The plugin turns it into events; the host
 /// resolves each event's contact inside the caller's tenant only, so a
 /// callback naming another tenant's contact id is rejected, never recorded.
+///
+/// The `parse-inbound` call is recorded, ok or not, with its input (headers
+/// without `Authorization`: the tenant's key is no input of the plugin's),
+/// so a callback the plugin could not parse can be replayed. It is not
+/// counted toward the install's circuit breaker: a provider sending junk
+/// must not disable the channel's outbound sends.
 async fn inbound(
     TenantAuth(tenant): TenantAuth,
     State(state): State<AppState>,
@@ -48,14 +62,33 @@ async fn inbound(
             .collect(),
         body: body.to_vec(),
     };
+    let recorded = RecordedCall::ParseInbound {
+        config: parse_config(&active.config_text),
+        path: request.path.clone(),
+        headers: request.headers.clone(),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+    };
     let scope = active.scope(&state.store, state.registry.runtime(), state.pipeline.clock().now());
     let invocation = crate::store::new_id();
-    let parsed = state
-        .registry
-        .runtime()
-        .parse_inbound(&active.plugin, scope, &active.config_text, &request, &invocation)
-        .await
-        .map_err(|e| ApiError::invalid(format!("the channel could not parse the callback: {}", e.message)))?;
+    let result =
+        state.registry.runtime().parse_inbound(&active.plugin, scope, &active.config_text, &request, &invocation).await;
+    let summary = match &result {
+        Ok(called) => Ok(Called { value: parsed_json(&called.value), stats: called.stats.clone() }),
+        Err(e) => Err(e),
+    };
+    let record = invocation_record(
+        &active,
+        invocation,
+        &recorded,
+        summary.as_ref().map_err(|e| *e),
+        state.pipeline.clock().now(),
+    );
+    if let Err(e) = state.store.record_invocation(&record).await {
+        // The callback itself still counts; only its record is missing.
+        tracing::warn!(install = %active.install.id, "could not record a parse-inbound call: {e}");
+    }
+    let parsed =
+        result.map_err(|e| ApiError::invalid(format!("the channel could not parse the callback: {}", e.message)))?;
     let mut events = Vec::new();
     let mut rejected = 0;
     for e in parsed.value {
@@ -94,17 +127,39 @@ async fn inbound(
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "rejected": rejected}))))
 }
 
+/// The events a `parse-inbound` call returned, as its record's output.
+fn parsed_json(events: &[InboundEvent]) -> Value {
+    Value::Array(
+        events
+            .iter()
+            .map(|e| {
+                json!({
+                    "contact_id": e.contact_id,
+                    "email": e.email,
+                    "kind": e.kind,
+                    "properties": crate::runtime::convert::properties_from_wit(e.properties.clone()),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Query of `GET /v1/invocations`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvocationQuery {
     /// Only this install's calls.
     pub install_id: Option<String>,
+    /// Only calls about this contact.
+    pub contact_id: Option<String>,
+    /// Only successes (`true`) or failures (`false`).
+    pub ok: Option<bool>,
     /// Most records (default 100, at most 1000).
     pub limit: Option<u32>,
 }
 
-/// Recorded plugin calls (failures with their cause, action runs), newest first.
+/// Recorded plugin calls, newest first, without their inputs (up to 256 KiB
+/// each; `GET /v1/invocations/{id}` has it).
 async fn invocations(
     TenantAuth(tenant): TenantAuth,
     State(state): State<AppState>,
@@ -112,8 +167,35 @@ async fn invocations(
 ) -> Result<Json<Value>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let items = state.store.list_invocations(&tenant, q.install_id.as_deref(), limit).await?;
+    let filter = InvocationFilter { install_id: q.install_id, contact_id: q.contact_id, ok: q.ok };
+    let items = state.store.list_invocations_where(&tenant, &filter, limit).await?;
     Ok(Json(json!({"items": items})))
+}
+
+/// One recorded call of the tenant's, with its input: the record's fields,
+/// `input` (a `RecordedCall` document, or null when none is kept),
+/// `input_expired` (erased by the retention) and `input_dropped` (larger
+/// than the cap, never kept). Another tenant's id is a 404 like an unknown
+/// one.
+async fn invocation(
+    TenantAuth(tenant): TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state.store.get_invocation(&tenant, &id).await?.ok_or(ApiError::NotFound("invocation"))?;
+    let input = match record.input_json.as_deref().map(serde_json::from_str::<Value>).transpose() {
+        Ok(input) => input,
+        Err(e) => {
+            // The host wrote it; unreadable means damaged, not the caller's fault.
+            tracing::warn!(invocation = %record.id, "a recorded input is not JSON: {e}");
+            None
+        }
+    };
+    let mut body = json!(record);
+    body["input"] = input.unwrap_or(Value::Null);
+    body["input_expired"] = json!(record.input_status == Some(InputStatus::Expired));
+    body["input_dropped"] = json!(record.input_status == Some(InputStatus::TooLarge));
+    Ok(Json(body))
 }
 
 /// Body of `POST /v1/installs`.
@@ -128,6 +210,10 @@ pub struct CreateInstall {
     /// Capabilities granted (a subset of what the plugin asks for).
     #[serde(default)]
     pub grants: Vec<String>,
+    /// Replace the version when a newer one of the plugin is uploaded
+    /// (after its health check). Default false: upgrades are explicit.
+    #[serde(default)]
+    pub auto_upgrade: bool,
 }
 
 fn empty_object() -> Value {
@@ -146,6 +232,8 @@ pub struct PatchInstall {
     pub grants: Option<Vec<String>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// Follow new uploads of the plugin, or stop.
+    pub auto_upgrade: Option<bool>,
 }
 
 fn install_json(state: &AppState, install: &Install) -> Value {
@@ -159,6 +247,8 @@ fn install_json(state: &AppState, install: &Install) -> Value {
         "enabled": install.enabled,
         // Set when the circuit breaker disabled it; cleared when enabled.
         "disabled_reason": install.disabled_reason,
+        "auto_upgrade": install.auto_upgrade,
+        "plugin_version": install.plugin_version,
         "created_at": install.created_at,
         "stats": stats,
     })
@@ -169,7 +259,8 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstall>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let install = state.registry.install(&tenant, &body.plugin_version_id, body.config, body.grants).await?;
+    let install =
+        state.registry.install(&tenant, &body.plugin_version_id, body.config, body.grants, body.auto_upgrade).await?;
     Ok((StatusCode::CREATED, Json(install_json(&state, &install))))
 }
 
@@ -198,6 +289,7 @@ async fn patch(
         config: body.config,
         grants: body.grants,
         enabled: body.enabled,
+        auto_upgrade: body.auto_upgrade,
     };
     let install = state.registry.update_install(&tenant, &id, patch).await?;
     Ok(Json(install_json(&state, &install)))

@@ -19,6 +19,7 @@ pub mod crm;
 pub mod error;
 pub mod events;
 pub mod installs;
+pub mod lifecycle;
 pub mod openapi;
 pub mod plugins;
 pub mod runs;
@@ -67,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crm::routes())
         .merge(events::routes())
         .merge(installs::routes())
+        .merge(lifecycle::routes())
         .merge(automation::routes())
         .merge(workflows::routes())
         .merge(runs::routes())

@@ -26,6 +26,13 @@ fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
     o
 }
 
+/// `op` with a request body that may be left out.
+fn op_optional_body(summary: &str, ok: &str, body: &str) -> Value {
+    let mut o = op(summary, ok, Some(body));
+    o["requestBody"]["required"] = json!(false);
+    o
+}
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
@@ -100,10 +107,14 @@ fn core_schemas() -> Value {
             {"type": "object", "additionalProperties": false, "required": ["events"], "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/NewEvent"}}}}]},
         "CreateTenant": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": {"type": "string"}, "time_zone": {"type": "string"}}},
         "CreateInstall": {"type": "object", "additionalProperties": false, "required": ["plugin_version_id"], "properties": {
-            "plugin_version_id": {"type": "string"}, "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}}},
+            "plugin_version_id": {"type": "string"}, "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}},
+            "auto_upgrade": {"type": "boolean", "description": "move to newer uploads of the plugin after their health check"}}},
         "PatchInstall": {"type": "object", "additionalProperties": false, "properties": {
             "plugin_version_id": {"type": "string", "description": "another version of the same plugin: upgrade or roll back"},
-            "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"}}},
+            "config": {"type": "object"}, "grants": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"},
+            "auto_upgrade": {"type": "boolean"}}},
+        "Rollback": {"type": "object", "additionalProperties": false, "properties": {
+            "plugin_version_id": {"type": "string", "description": "the version to go back to; default: the one before the latest change"}}},
         "Workflow": {"type": "object", "description": "A workflow definition (see examples/workflows/ and README: Workflows)", "required": ["name", "trigger", "steps"], "properties": {
             "name": {"type": "string"}, "description": {"type": "string"},
             "trigger": {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["event", "property_changed", "score", "schedule", "plugin"]}}},
@@ -156,7 +167,7 @@ fn endpoint_paths() -> Value {
         "/v1/plugins": {
             "post": {"summary": "Upload a plugin component (.wasm body); tenant key: private, admin key: catalog", "security": [{"bearer": []}],
                      "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
-                     "responses": {"201": {"description": "stored with its describe() result"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
+                     "responses": {"201": {"description": "stored with its describe() result, the WIT packages it was built against (`wit`), and what happened to installs that follow the plugin (`upgrades`)"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
             "get": op("Plugin versions visible to the tenant (its own and the catalog)", "200", None),
         },
         "/v1/plugins/{id}": {"parameters": id_param(), "get": op("A plugin version", "200", None)},
@@ -164,8 +175,11 @@ fn endpoint_paths() -> Value {
         "/v1/installs/{id}": {"parameters": id_param(), "get": op("An install with call statistics", "200", None),
             "patch": op("Upgrade or roll back the version, change config, grants or enabled", "200", Some("PatchInstall")),
             "delete": {"summary": "Remove an install", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
+        "/v1/installs/{id}/history": {"parameters": id_param(), "get": op("The install's version changes, newest first: upgrades, rollbacks, automatic rollbacks and refused upgrades with reasons and self-test checks (?limit=)", "200", None)},
+        "/v1/installs/{id}/rollback": {"parameters": id_param(), "post": op_optional_body("Go back to the version before the latest change, or to `plugin_version_id`", "200", "Rollback")},
         "/v1/installs/{id}/inbound": {"parameters": id_param(), "post": {"summary": "A provider callback for a channel install; the plugin turns it into events (202 with accepted/rejected counts)", "security": [{"bearer": []}], "requestBody": {"content": {"*/*": {"schema": {}}}}, "responses": {"202": {"description": "accepted"}, "404": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}}},
-        "/v1/invocations": {"get": op("Recorded plugin calls, newest first (?install_id=, ?limit=)", "200", None)},
+        "/v1/invocations": {"get": op("Recorded plugin calls, newest first, without inputs (?install_id=, ?contact_id=, ?ok=, ?limit=)", "200", None)},
+        "/v1/invocations/{id}": {"parameters": id_param(), "get": op("A recorded plugin call with its input (`input`: a RecordedCall to replay with `cairn plugin replay`, null when not kept; `input_expired`, `input_dropped`)", "200", None)},
         "/v1/tenant": {"get": op("The caller's tenant and its settings", "200", None), "patch": op("Set the tenant's time zone (IANA name)", "200", Some("PatchTenant"))},
         "/v1/workflows": {"get": op("List workflows", "200", None),
             "post": op("Save a workflow definition as version 1 (draft; ?activate=true to activate); 422 lists every problem with a JSON pointer", "201", Some("Workflow"))},

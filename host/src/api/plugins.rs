@@ -41,7 +41,9 @@ impl From<RegistryError> for ApiError {
                     .map(|e| crate::api::error::FieldError { field: e.field, message: e.message })
                     .collect(),
             },
-            RegistryError::InvalidGrant(m) | RegistryError::OtherPlugin(m) => ApiError::invalid(m),
+            RegistryError::InvalidGrant(m) | RegistryError::OtherPlugin(m) | RegistryError::HealthCheck(m) => {
+                ApiError::invalid(m)
+            }
             RegistryError::NotFound(what) => ApiError::NotFound(what),
             RegistryError::Store(s) => ApiError::from(s),
         }
@@ -75,7 +77,12 @@ async fn upload(
         Principal::Tenant(t) => Some(t.as_str()),
     };
     let uploaded = state.registry.upload(tenant, body.to_vec()).await?;
-    Ok((StatusCode::CREATED, Json(version_json(&uploaded.version))))
+    let mut json = version_json(&uploaded.version);
+    // Installs that follow this plugin (auto-upgrade): which moved, which
+    // stayed and why (a failed health check).
+    json["upgrades"] = json!(uploaded.upgrades);
+    json["wit"] = json!(uploaded.wit);
+    Ok((StatusCode::CREATED, Json(json)))
 }
 
 async fn list(TenantAuth(tenant): TenantAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

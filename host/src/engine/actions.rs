@@ -5,12 +5,19 @@
 //! a channel install gets `send(message)` with the step's subject and body,
 //! templated from the contact. The step's `config` is merged over the
 //! install's (top-level keys), so one install serves many steps.
+//!
+//! A call is built as data first ([`prepare`]: a [`RecordedCall`]) and the
+//! plugin is called *from* that data ([`call`]), so the input the invocation
+//! record keeps for replay is, by construction, exactly what the plugin was
+//! given.
+
+use serde_json::Value as Json;
 
 use crate::registry::ActiveInstall;
-use crate::runtime::bindings::{guest, types};
 use crate::runtime::invoke::Called;
-use crate::runtime::{CallError, CallScope, Kind, Runtime, convert};
-use crate::store::{self, Event, Properties, Value};
+use crate::runtime::recorded::{RecordedCall, RecordedContact, RecordedEvent, parse_config};
+use crate::runtime::{CallError, CallScope, Kind, Runtime};
+use crate::store::{self, Event, InvocationRecord, Properties, Value};
 
 /// What a step asks of the install.
 #[derive(Debug, Default, Clone)]
@@ -25,46 +32,99 @@ pub struct ActionCall<'a> {
     pub idempotency_key: &'a str,
 }
 
-/// Call `active` once for `contact`.
-pub async fn call(
-    runtime: &Runtime,
+/// The call `step` makes of `active` for `contact`: `execute` for an action
+/// install given no message, `send` (subject and body rendered) otherwise.
+pub fn prepare(
     active: &ActiveInstall,
-    scope: CallScope,
     contact: &store::Contact,
     event: Option<&Event>,
     step: &ActionCall<'_>,
-) -> Result<Called<Properties>, CallError> {
-    let invocation = store::new_id();
-    let config = merged_config(&active.config_text, step.config);
-    let wit_contact = convert::contact_to_wit(contact, None);
+) -> RecordedCall {
+    let config = parse_config(&merged_config(&active.config_text, step.config));
+    // Actions see the whole contact (they declare no projection).
+    let recorded_contact = RecordedContact::from_store(contact, None);
     if active.is(Kind::Action) && step.subject.is_none() && step.body.is_none() {
-        let input = guest::action::ActionInput {
-            contact: wit_contact,
-            trigger_event: event.map(convert::event_to_wit),
+        return RecordedCall::Execute {
+            config,
+            contact: recorded_contact,
+            trigger_event: event.map(RecordedEvent::from_store),
             idempotency_key: step.idempotency_key.to_string(),
         };
-        return runtime.execute(&active.plugin, scope, &config, &input, &invocation).await;
     }
-    let mut properties = Vec::new();
+    let mut properties = Properties::new();
     if let Some(e) = event {
-        properties
-            .push(types::Property { name: "trigger_event_kind".into(), value: types::Value::Text(e.kind.clone()) });
+        properties.insert("trigger_event_kind".into(), Value::Text(e.kind.clone()));
     }
-    let message = guest::channel::Message {
-        contact: wit_contact,
+    RecordedCall::Send {
+        config,
+        contact: recorded_contact,
         subject: step.subject.map(|s| render(s, contact)),
         body: step.body.map(|b| render(b, contact)).unwrap_or_default(),
         properties,
         idempotency_key: step.idempotency_key.to_string(),
-    };
-    let called = runtime.send(&active.plugin, scope, &config, &message, &invocation).await?;
-    let mut out = Properties::new();
-    out.insert("provider_id".into(), Value::Text(called.value.provider_id));
-    out.insert("status".into(), Value::Text(called.value.status));
-    if let Some(subject) = &message.subject {
-        out.insert("subject".into(), Value::Text(subject.clone()));
     }
-    Ok(Called { value: out, stats: called.stats })
+}
+
+/// Make `prepared` (from [`prepare`]) against `active` as invocation
+/// `invocation_id`: the id the plugin sees in its call context, and the id
+/// the caller records the call under. The output is the plugin's, as JSON;
+/// a `send` adds the rendered subject to the receipt.
+pub async fn call(
+    runtime: &Runtime,
+    active: &ActiveInstall,
+    scope: CallScope,
+    prepared: &RecordedCall,
+    invocation_id: &str,
+) -> Result<Called<Json>, CallError> {
+    let mut called = runtime.call_recorded(&active.plugin, scope, prepared, invocation_id).await?;
+    if let (RecordedCall::Send { subject: Some(subject), .. }, Json::Object(out)) = (prepared, &mut called.value) {
+        out.insert("subject".into(), Json::String(subject.clone()));
+    }
+    Ok(called)
+}
+
+/// The invocation record of `call`, made of `active` as invocation `id` at
+/// business time `at`: outcome, fuel and time, the output as JSON, the
+/// input (the call itself) for replay, and the plugin version that ran.
+/// The contact is the call's; callers add the event that caused it.
+pub fn invocation_record<T: serde::Serialize>(
+    active: &ActiveInstall,
+    id: String,
+    call: &RecordedCall,
+    outcome: Result<&Called<T>, &CallError>,
+    at: i64,
+) -> InvocationRecord {
+    let (ok, error_cause, error_message, stats, output_json) = match outcome {
+        Ok(c) => (true, None, None, &c.stats, serde_json::to_string(&c.value).ok()),
+        Err(e) => (false, Some(e.cause.as_str().to_string()), Some(e.message.clone()), &e.stats, None),
+    };
+    let idempotency_key = match call {
+        RecordedCall::Execute { idempotency_key, .. } | RecordedCall::Send { idempotency_key, .. } => {
+            Some(idempotency_key.clone())
+        }
+        _ => None,
+    };
+    InvocationRecord {
+        id,
+        tenant_id: active.install.tenant_id.clone(),
+        install_id: active.install.id.clone(),
+        kind: call.export().to_string(),
+        contact_id: call.contact().map(|c| c.id.clone()),
+        event_id: None,
+        ok,
+        error_cause,
+        error_message,
+        fuel_used: Some(stats.fuel_used as i64),
+        duration_us: stats.duration_us as i64,
+        idempotency_key,
+        output_json,
+        at,
+        plugin_version_id: Some(active.install.plugin_version_id.clone()),
+        // Serializing plain data cannot fail; were it to, the call is still
+        // recorded, without its input.
+        input_json: serde_json::to_string(call).ok(),
+        input_status: None,
+    }
 }
 
 /// The install's config with the step's top-level keys laid over it.

@@ -3,6 +3,7 @@
 //! ## Layout
 //! - [`intake`]: group commit of incoming events; the API answers 202 only
 //!   after the events' transaction committed.
+//! - [`latency`]: how long events wait from accepted to processed.
 //! - [`pipeline`]: claims committed events, runs scorers and thresholds, and
 //!   enrolls contacts in the workflows their events trigger.
 //! - [`workflows`]: durable multi-step workflows (definitions, enrollment,
@@ -13,6 +14,7 @@
 pub mod actions;
 pub mod automation;
 pub mod intake;
+pub mod latency;
 pub mod pipeline;
 pub mod workflows;
 

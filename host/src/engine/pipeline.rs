@@ -32,10 +32,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
+use crate::engine::actions;
 use crate::engine::automation::{AutomationCache, TenantAutomation};
 use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
+use crate::runtime::recorded::RecordedCall;
 use crate::runtime::{CallError, CallScope};
 use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
@@ -55,6 +57,8 @@ pub struct PipelineStats {
     pub scores_changed: AtomicU64,
     /// Lifecycle stage changes from thresholds.
     pub stage_changes: AtomicU64,
+    /// From accepted to processed, per event.
+    pub latency: crate::engine::latency::EventLatency,
 }
 
 /// The pipeline.
@@ -125,6 +129,7 @@ impl Pipeline {
         }
         let claimed_in = started.elapsed();
         let ids: Vec<String> = claimed.iter().map(|(_, e)| e.id.clone()).collect();
+        let received: Vec<i64> = claimed.iter().map(|(_, e)| e.received_at).collect();
         let mut by_tenant: BTreeMap<String, BTreeMap<String, Vec<Event>>> = BTreeMap::new();
         for (tenant, event) in claimed {
             by_tenant.entry(tenant).or_default().entry(event.contact_id.clone()).or_default().push(event);
@@ -161,6 +166,10 @@ impl Pipeline {
             "pipeline batch"
         );
         self.stats.events.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let now = self.clock.now();
+        for at in received {
+            self.stats.latency.record(now - at);
+        }
         Ok(ids.len())
     }
 
@@ -223,32 +232,22 @@ impl Pipeline {
         active.scope(&self.store, self.registry.runtime(), self.clock.now())
     }
 
+    /// Count and record a failed scorer or trigger call, with its input
+    /// (`call`, built only now: successful calls, the hot path, are counted
+    /// but not recorded) under the invocation id the plugin saw.
     async fn record_failure(
         &self,
-        tenant: &str,
         active: &ActiveInstall,
-        kind: &str,
+        invocation: String,
+        call: &RecordedCall,
         event: Option<&Event>,
         error: &CallError,
     ) {
         self.registry.record_failure(active, error).await;
+        let kind = call.export();
         tracing::info!(install = %active.install.id, kind, cause = error.cause.as_str(), "plugin call failed: {}", error.message);
-        let record = store::InvocationRecord {
-            id: store::new_id(),
-            tenant_id: tenant.to_string(),
-            install_id: active.install.id.clone(),
-            kind: kind.to_string(),
-            contact_id: event.map(|e| e.contact_id.clone()),
-            event_id: event.map(|e| e.id.clone()),
-            ok: false,
-            error_cause: Some(error.cause.as_str().to_string()),
-            error_message: Some(error.message.clone()),
-            fuel_used: Some(error.stats.fuel_used as i64),
-            duration_us: error.stats.duration_us as i64,
-            idempotency_key: None,
-            output_json: None,
-            at: self.clock.now(),
-        };
+        let mut record = actions::invocation_record::<()>(active, invocation, call, Err(error), self.clock.now());
+        record.event_id = event.map(|e| e.id.clone());
         if let Err(e) = self.store.record_invocation(&record).await {
             tracing::warn!("could not record a failed invocation: {e}");
         }
@@ -327,7 +326,10 @@ impl Pipeline {
                         }
                     }
                 }
-                Err(e) => self.record_failure(tenant, active, "score", None, &e).await,
+                Err(e) => {
+                    let call = RecordedCall::score(&active.config_text, &contact, &events, &active.plugin);
+                    self.record_failure(active, invocation, &call, None, &e).await;
+                }
             }
         }
         Ok((contact, new_score, stage_change))
@@ -421,7 +423,8 @@ impl Pipeline {
                 called.value
             }
             Err(e) => {
-                self.record_failure(tenant, install, "on-event", Some(event), &e).await;
+                let call = RecordedCall::on_event(&install.config_text, contact, event, history, &install.plugin);
+                self.record_failure(install, invocation, &call, Some(event), &e).await;
                 return Ok(Vec::new());
             }
         };

@@ -7,9 +7,12 @@
 //!   pointer swap and readers never wait.
 //! - [`config`]: config validation against a plugin's JSON Schema, with
 //!   field-level messages.
+//! - [`lifecycle`]: changing an install's version (health check, atomic
+//!   swap, history), auto-upgrade on upload, probation and automatic rollback.
 //! - [`stats`]: per-install call counters and latency for `/metrics`.
 
 pub mod config;
+pub mod lifecycle;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -38,6 +41,9 @@ pub enum RegistryError {
     /// The version asked for belongs to another plugin than the install's.
     #[error("{0}")]
     OtherPlugin(String),
+    /// The new version failed its health check; the install kept its version.
+    #[error("{0}")]
+    HealthCheck(String),
     /// No such plugin version or install for this tenant.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -134,6 +140,8 @@ pub struct Registry {
     /// Serialises table rebuilds so two concurrent installs cannot lose one
     /// another's update.
     write_lock: tokio::sync::Mutex<()>,
+    /// Versions on probation after an upgrade, by install.
+    probations: lifecycle::Probations,
 }
 
 /// What an upload produced.
@@ -143,6 +151,10 @@ pub struct Uploaded {
     pub version: store::PluginVersion,
     /// Its description.
     pub description: Description,
+    /// What happened to the tenant's installs that follow this plugin.
+    pub upgrades: Vec<lifecycle::AutoUpgrade>,
+    /// The WIT packages the component was built against.
+    pub wit: Vec<&'static str>,
 }
 
 impl Registry {
@@ -154,6 +166,7 @@ impl Registry {
             plugins: Mutex::new(HashMap::new()),
             table: ArcSwap::from_pointee(InstallTable::default()),
             write_lock: tokio::sync::Mutex::new(()),
+            probations: Default::default(),
         }
     }
 
@@ -166,7 +179,7 @@ impl Registry {
         self.plugins.lock().ok().and_then(|m| m.get(hash).cloned())
     }
 
-    async fn load_bytes(&self, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
+    pub(crate) async fn load_bytes(&self, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let hash = crate::runtime::content_hash(&bytes);
         if let Some(p) = self.cached(&hash) {
             return Ok(p);
@@ -178,7 +191,7 @@ impl Registry {
         Ok(plugin)
     }
 
-    async fn load_hash(&self, hash: &str) -> Result<Arc<LoadedPlugin>, RegistryError> {
+    pub(crate) async fn load_hash(&self, hash: &str) -> Result<Arc<LoadedPlugin>, RegistryError> {
         if let Some(p) = self.cached(hash) {
             return Ok(p);
         }
@@ -194,7 +207,11 @@ impl Registry {
             serde_json::to_string(d).map_err(|e| StoreError::Invalid(format!("description: {e}")))?;
         let version =
             self.store.put_plugin_version(tenant, &d.name, &d.version, &plugin.hash, &bytes, &description_json).await?;
-        Ok(Uploaded { version, description: d.clone() })
+        let upgrades = match tenant {
+            Some(t) => self.auto_upgrade(t, &version).await,
+            None => Vec::new(),
+        };
+        Ok(Uploaded { version, description: d.clone(), upgrades, wit: plugin.wit_packages() })
     }
 
     /// The description of a stored version.
@@ -209,6 +226,7 @@ impl Registry {
         plugin_version_id: &str,
         config: serde_json::Value,
         grants: Vec<String>,
+        auto_upgrade: bool,
     ) -> Result<store::Install, RegistryError> {
         let version = self
             .store
@@ -218,22 +236,28 @@ impl Registry {
         let plugin = self.load_hash(&version.hash).await?;
         config::validate(&plugin.description.config_schema, &config).map_err(RegistryError::InvalidConfig)?;
         check_grants(&plugin.description, &grants)?;
-        let new = store::NewInstall { plugin_version_id: version.id.clone(), config, grants, enabled: None };
+        let new = store::NewInstall {
+            plugin_version_id: version.id.clone(),
+            config,
+            grants,
+            enabled: None,
+            auto_upgrade: Some(auto_upgrade),
+        };
         let install = self.store.create_install(tenant, new).await?;
         self.refresh().await?;
         Ok(install)
     }
 
-    /// Change an install's version, config, grants or enabled flag.
+    /// Change an install's version, config, grants, enabled flag or
+    /// auto-upgrade.
     ///
-    /// A new `plugin_version_id` upgrades (or rolls back) the install: the
-    /// version must be of the same plugin; it is loaded and checked (its
-    /// `describe()` validated) before anything changes, and the config and
-    /// grants (the new ones, or else the current ones) are validated against
-    /// *its* schema and requests, so a version that cannot run this install
-    /// is refused with the reason and the old version stays. The swap is the
-    /// live table's atomic pointer swap: calls already running finish on the
-    /// version they started with.
+    /// A new `plugin_version_id` upgrades (or rolls back) the install
+    /// through [`lifecycle`]: the version must be of the same plugin, is
+    /// loaded, health-checked and its schema and requests checked against
+    /// the config and grants (the new ones, or else the current ones) before
+    /// anything changes; a version that cannot run this install is refused
+    /// with the reason and the old version stays. Calls already running
+    /// finish on the version they started with.
     pub async fn update_install(
         &self,
         tenant: &str,
@@ -241,34 +265,55 @@ impl Registry {
         patch: store::InstallPatch,
     ) -> Result<store::Install, RegistryError> {
         let current = self.store.get_install(tenant, install_id).await?.ok_or(RegistryError::NotFound("install"))?;
-        let target_id = patch.plugin_version_id.as_deref().unwrap_or(&current.plugin_version_id);
-        let version = self
-            .store
-            .get_plugin_version(Some(tenant), target_id)
-            .await?
-            .ok_or(RegistryError::NotFound("plugin version"))?;
-        if version.name != current.plugin_name {
-            return Err(RegistryError::OtherPlugin(format!(
-                "plugin_version_id: `{target_id}` is a version of {}, not of {}: install that plugin instead",
-                version.name, current.plugin_name
-            )));
+        if let Some(target) = patch.plugin_version_id.as_deref().filter(|v| *v != current.plugin_version_id) {
+            let version = self
+                .store
+                .get_plugin_version(Some(tenant), target)
+                .await?
+                .ok_or(RegistryError::NotFound("plugin version"))?;
+            return self.change_version(&current, &version, patch, "upgraded", None).await;
         }
-        let plugin = self.load_hash(&version.hash).await?;
-        let upgrading = version.id != current.plugin_version_id;
-        if patch.config.is_some() || upgrading {
-            let config = patch.config.as_ref().unwrap_or(&current.config);
+        let plugin = self.load_hash(&current.plugin_hash).await?;
+        if let Some(config) = &patch.config {
             config::validate(&plugin.description.config_schema, config).map_err(RegistryError::InvalidConfig)?;
         }
-        if patch.grants.is_some() || upgrading {
-            check_grants(&plugin.description, patch.grants.as_ref().unwrap_or(&current.grants))?;
+        if let Some(grants) = &patch.grants {
+            check_grants(&plugin.description, grants)?;
         }
         let patched =
             self.store.patch_install(tenant, install_id, patch).await?.ok_or(RegistryError::NotFound("install"))?;
-        if upgrading {
-            tracing::info!(install = %install_id, from = %current.plugin_version, to = %version.version, "install now runs {} {}", version.name, version.version);
-        }
         self.refresh().await?;
         Ok(patched)
+    }
+
+    /// Put install `install_id` back on `version_id`, or, without one, on
+    /// the version it ran before its latest change: one call to undo an
+    /// upgrade.
+    pub async fn roll_back_install(
+        &self,
+        tenant: &str,
+        install_id: &str,
+        version_id: Option<&str>,
+    ) -> Result<store::Install, RegistryError> {
+        let current = self.store.get_install(tenant, install_id).await?.ok_or(RegistryError::NotFound("install"))?;
+        let target = match version_id {
+            Some(v) => v.to_string(),
+            None => self
+                .store
+                .install_history(tenant, install_id, 100)
+                .await?
+                .into_iter()
+                .filter(|c| c.action != "refused" && c.to_version_id.as_deref() == Some(&current.plugin_version_id))
+                .find_map(|c| c.from_version_id)
+                .ok_or(RegistryError::NotFound("earlier version of this install"))?,
+        };
+        let version = self
+            .store
+            .get_plugin_version(Some(tenant), &target)
+            .await?
+            .ok_or(RegistryError::NotFound("plugin version"))?;
+        let patch = store::InstallPatch::default();
+        self.change_version(&current, &version, patch, "rolled-back", Some("rolled back by request".into())).await
     }
 
     /// Remove an install.
@@ -332,6 +377,8 @@ impl Registry {
     /// Count a successful call of `active`.
     pub fn record_ok(&self, active: &ActiveInstall, stats: &crate::runtime::CallStats) {
         active.stats.record_ok(stats.duration_us, stats.fuel_used);
+        // A success never tips a probation over; it only counts.
+        let _ = self.probation_verdict(active, None);
     }
 
     /// Count a failed call of `active`; after [`Limits::breaker_failures`]
@@ -342,6 +389,12 @@ impl Registry {
     /// [`Limits::breaker_failures`]: crate::runtime::Limits::breaker_failures
     pub async fn record_failure(&self, active: &ActiveInstall, error: &crate::runtime::CallError) {
         let in_a_row = active.stats.record_failure(error.cause, error.stats.duration_us, error.stats.fuel_used);
+        if error.cause != crate::runtime::FailureCause::Unavailable
+            && let Some(probation) = self.probation_verdict(active, Some(error))
+        {
+            self.roll_back(active, probation, error).await;
+            return;
+        }
         let threshold = u64::from(self.runtime.limits().breaker_failures);
         // Exactly at the threshold: concurrent failures past it trip nothing twice.
         if threshold == 0 || in_a_row != threshold {
@@ -381,7 +434,7 @@ impl Registry {
 /// Every grant must be well-formed and asked for by the plugin. An
 /// `http:*` request means "hosts chosen at install": any concrete host may
 /// be granted then, never a wildcard.
-fn check_grants(description: &Description, grants: &[String]) -> Result<(), RegistryError> {
+pub(crate) fn check_grants(description: &Description, grants: &[String]) -> Result<(), RegistryError> {
     Grants::parse(grants).map_err(|e| RegistryError::InvalidGrant(e.to_string()))?;
     let asks_any_host = description.capabilities.iter().any(|c| c == "http:*");
     for grant in grants {

@@ -52,6 +52,11 @@ impl InstallStats {
         self.record_usage(duration_us, fuel);
     }
 
+    /// Start the run of failures in a row again (a new version swapped in).
+    pub fn reset_consecutive_failures(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
     /// Count a failed call; returns the failures in a row so far. The host's
     /// own trouble (`unavailable`: the store is down) is not the plugin's and
     /// neither adds to nor resets the run.

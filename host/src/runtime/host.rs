@@ -118,7 +118,10 @@ impl HostState {
         if self.host_calls > self.limits.host_calls {
             return Err(HostError::Limit(format!("more than {} host calls in one invocation", self.limits.host_calls)));
         }
-        let scope = self.scope.as_ref().ok_or_else(|| HostError::Denied("no host access during describe".into()))?;
+        let scope = self
+            .scope
+            .as_ref()
+            .ok_or_else(|| HostError::Denied("no host access during describe() or the self-test".into()))?;
         let granted = match needs {
             Need::Read => scope.grants.store_read,
             Need::Write => scope.grants.store_write,

@@ -290,6 +290,46 @@ pub(crate) async fn describe(
     Description::from_wit(d).map_err(LoadError::InvalidDescription)
 }
 
+/// One check of a plugin's self-test.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SelfCheck {
+    /// Its name.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was expected and seen.
+    pub detail: String,
+}
+
+/// Most checks kept from one self-test, and most bytes per text: the
+/// plugin writes them and the host stores them in the install's history.
+const MAX_SELF_CHECKS: usize = 100;
+const MAX_CHECK_TEXT: usize = 500;
+
+impl Runtime {
+    /// Run the plugin's optional `cairn:health/self-test` export on a fresh
+    /// instance with no tenant, under the default limits. `Ok(None)` when the
+    /// component does not export it (components built against
+    /// `cairn:plugin@0.1.0` alone): describe() is then the whole check.
+    pub async fn self_test(&self, plugin: &LoadedPlugin) -> Result<Option<Vec<SelfCheck>>, CallError> {
+        let Some(indices) = plugin.self_test.as_ref() else { return Ok(None) };
+        let limits = self.limits().clone();
+        let mut call = begin(&plugin.pre, None, &limits).await?;
+        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
+        let outcome = tokio::time::timeout(limits.deadline, guest.call_run(&mut call.store)).await;
+        let called = call.finish(outcome.map(|r| r.map(Ok)))?;
+        let cut = |s: String| s.chars().take(MAX_CHECK_TEXT).collect::<String>();
+        Ok(Some(
+            called
+                .value
+                .into_iter()
+                .take(MAX_SELF_CHECKS)
+                .map(|c| SelfCheck { name: cut(c.name), passed: c.passed, detail: cut(c.detail) })
+                .collect(),
+        ))
+    }
+}
+
 /// The inputs a scorer or trigger sees, projected per its `reads`.
 pub struct ProjectedInput {
     /// The contact with only the declared properties.

@@ -28,6 +28,16 @@ pub struct Limits {
     /// (0: never): stops a broken plugin from burning every event's budget
     /// and filling the record with the same error until an admin looks.
     pub breaker_failures: u32,
+    /// How long a version swapped into an install by an upgrade is on
+    /// probation: if its calls fail too often in that time, it is rolled
+    /// back to the version it replaced.
+    pub probation: Duration,
+    /// The share of failed calls, in percent, that rolls a version on
+    /// probation back (0: never).
+    pub rollback_failure_percent: u32,
+    /// Calls a version on probation makes before its failure rate counts:
+    /// one unlucky first call is not a trend.
+    pub rollback_min_calls: u32,
 }
 
 impl Default for Limits {
@@ -40,6 +50,9 @@ impl Default for Limits {
             host_calls: 1_000,
             log_lines: 100,
             breaker_failures: 20,
+            probation: Duration::from_secs(300),
+            rollback_failure_percent: 50,
+            rollback_min_calls: 5,
         }
     }
 }

@@ -38,7 +38,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 pub use cache::CacheOutcome;
 pub use description::{Description, Kind};
 pub use host::{CallScope, HostState};
-pub use invoke::{CallError, CallStats, FailureCause};
+pub use invoke::{CallError, CallStats, FailureCause, SelfCheck};
 pub use limits::Limits;
 
 use bindings::guest;
@@ -96,6 +96,24 @@ pub struct LoadedPlugin {
     action: Option<guest::action::GuestIndices>,
     trigger: Option<guest::trigger::GuestIndices>,
     channel: Option<guest::channel::GuestIndices>,
+    self_test: Option<bindings::health::self_test::GuestIndices>,
+}
+
+impl LoadedPlugin {
+    /// Whether the component exports the optional `cairn:health` self-test.
+    pub fn has_self_test(&self) -> bool {
+        self.self_test.is_some()
+    }
+
+    /// The WIT packages the component was built against, as its exports name
+    /// them: `cairn:plugin@0.1.0`, plus `cairn:health@0.1.0` with a self-test.
+    pub fn wit_packages(&self) -> Vec<&'static str> {
+        let mut packages = vec!["cairn:plugin@0.1.0"];
+        if self.has_self_test() {
+            packages.push("cairn:health@0.1.0");
+        }
+        packages
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -184,6 +202,7 @@ impl Runtime {
             action: None,
             trigger: None,
             channel: None,
+            self_test: bindings::health::self_test::GuestIndices::new(&pre).ok(),
             description: description.clone(),
             pre: pre.clone(),
         };

@@ -4,34 +4,89 @@
 //! the cause of a failure (`deadline`, `fuel`, `memory`, `trap`, `plugin`,
 //! `output-too-large`, ...), fuel and time used: the run history users read,
 //! and the failure counts the circuit breaker reads.
+//!
+//! ## Inputs, for replay
+//! A record also keeps what the call was given (`input_json`: a
+//! `RecordedCall` document, see [`crate::runtime::recorded`]) and the plugin
+//! version that ran, so a developer can fetch a failed call and run it
+//! against a fixed build (`cairn plugin replay`). Inputs hold customer data
+//! and can be large, so:
+//! - an input over [`MAX_INPUT_JSON`] is not written at all: the record says
+//!   [`InputStatus::TooLarge`];
+//! - inputs are erased after a retention period by
+//!   [`Store::expire_invocation_inputs`] (the server runs it periodically):
+//!   the record stays, marked [`InputStatus::Expired`];
+//! - lists and the contact timeline never read them; only
+//!   [`Store::get_invocation`] does.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use crate::store::Store;
-use crate::store::error::Result;
-use crate::store::sql::{self, page_limit};
+use crate::store::error::{Result, StoreError};
+use crate::store::sql::{self, Arg, Builder, page_limit};
 
 /// Longest error message kept: a plugin controls this text and could
 /// otherwise fill the table with one failure.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Largest output JSON kept per invocation or action run.
 pub const MAX_OUTPUT_JSON: usize = 64 << 10;
+/// Largest input JSON kept per invocation. A contact with many properties
+/// and its recent events fit many times over; an input larger than this is
+/// a contact stuffed with data, and keeping it for every call of every step
+/// would let one tenant grow the table by gigabytes a day.
+pub const MAX_INPUT_JSON: usize = 256 << 10;
+/// Rows one pass of [`Store::expire_invocation_inputs`] erases per
+/// statement, so a long backlog never holds SQLite's write lock (or a
+/// PostgreSQL transaction) for long.
+const EXPIRE_BATCH: i64 = 1000;
 
+/// The columns lists and the timeline read: everything but the input.
 pub(crate) const INVOCATION_COLUMNS: &str = "id, tenant_id, install_id, kind, contact_id, event_id, ok, error_cause, \
-     error_message, fuel_used, duration_us, idempotency_key, output_json, at";
+     error_message, fuel_used, duration_us, idempotency_key, output_json, at, plugin_version_id, input_status";
+
+/// What became of a call's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputStatus {
+    /// Kept: [`Store::get_invocation`] returns it.
+    Kept,
+    /// Larger than [`MAX_INPUT_JSON`]: never written.
+    TooLarge,
+    /// Erased by the retention task (the record itself stays).
+    Expired,
+}
+
+impl InputStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            InputStatus::Kept => "kept",
+            InputStatus::TooLarge => "too-large",
+            InputStatus::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<InputStatus> {
+        match s {
+            "kept" => Ok(InputStatus::Kept),
+            "too-large" => Ok(InputStatus::TooLarge),
+            "expired" => Ok(InputStatus::Expired),
+            other => Err(StoreError::Corrupt(format!("column input_status: unknown value `{other}`"))),
+        }
+    }
+}
 
 /// One recorded plugin call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InvocationRecord {
-    /// Record id (use [`crate::store::new_id`]).
+    /// Record id: the `invocation-id` the plugin saw in its call context.
     pub id: String,
     /// The tenant of the call.
     pub tenant_id: String,
     /// The install called.
     pub install_id: String,
-    /// Which export: `score`, `execute`, `on-event`, ...
+    /// Which export: `score`, `execute`, `send`, `on-event`, `parse-inbound`.
     pub kind: String,
     /// The contact the call was about.
     pub contact_id: Option<String>,
@@ -51,8 +106,37 @@ pub struct InvocationRecord {
     pub idempotency_key: Option<String>,
     /// What it returned, as JSON.
     pub output_json: Option<String>,
-    /// When, epoch ms.
+    /// When, epoch ms (business time).
     pub at: i64,
+    /// The plugin version that ran (`None` on records from before inputs
+    /// were kept).
+    #[serde(default)]
+    pub plugin_version_id: Option<String>,
+    /// What the call was given: a `RecordedCall` as JSON text. Writers set
+    /// it; [`Store::get_invocation`] reads it back; lists and the timeline
+    /// leave it `None` (it can be 256 KiB a row). Not serialized: the API
+    /// shows it parsed, as `input`.
+    #[serde(skip)]
+    pub input_json: Option<String>,
+    /// What became of the input; `None` when the call recorded none. Set by
+    /// the store from `input_json` (a writer's value is ignored).
+    #[serde(default)]
+    pub input_status: Option<InputStatus>,
+}
+
+/// Which invocations [`Store::list_invocations_where`] returns; every given
+/// field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationFilter {
+    /// Calls of this install.
+    #[serde(default)]
+    pub install_id: Option<String>,
+    /// Calls about this contact.
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    /// Only successes (`true`) or only failures (`false`).
+    #[serde(default)]
+    pub ok: Option<bool>,
 }
 
 /// Successes and failures of an install over a period.
@@ -76,8 +160,10 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Read an invocation row.
+/// Read an invocation row (the [`INVOCATION_COLUMNS`]; `input_json` is left
+/// `None`).
 pub(crate) fn invocation_from_row(row: &AnyRow) -> Result<InvocationRecord> {
+    let input_status: Option<String> = row.try_get("input_status")?;
     Ok(InvocationRecord {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
@@ -93,62 +179,141 @@ pub(crate) fn invocation_from_row(row: &AnyRow) -> Result<InvocationRecord> {
         idempotency_key: row.try_get("idempotency_key")?,
         output_json: row.try_get("output_json")?,
         at: row.try_get("at")?,
+        plugin_version_id: row.try_get("plugin_version_id")?,
+        input_json: None,
+        input_status: input_status.as_deref().map(InputStatus::parse).transpose()?,
     })
 }
 
+/// Insert one record on `conn` (the caller's transaction, or a pooled
+/// connection under the write gate). An output larger than
+/// [`MAX_OUTPUT_JSON`] is dropped (the record says so in `error_message`
+/// when it has none); an input larger than [`MAX_INPUT_JSON`] is dropped and
+/// marked [`InputStatus::TooLarge`].
+pub(crate) async fn insert_invocation(conn: &mut AnyConnection, r: &InvocationRecord) -> Result<()> {
+    let too_big = r.output_json.as_ref().is_some_and(|o| o.len() > MAX_OUTPUT_JSON);
+    let output = if too_big { None } else { r.output_json.as_deref() };
+    let message = match (&r.error_message, too_big) {
+        (Some(m), _) => Some(cut(m, MAX_ERROR_MESSAGE)),
+        (None, true) => Some("output not kept: larger than 64 KiB"),
+        (None, false) => None,
+    };
+    let (input, input_status) = match r.input_json.as_deref() {
+        None => (None, None),
+        Some(i) if i.len() > MAX_INPUT_JSON => (None, Some(InputStatus::TooLarge)),
+        Some(i) => (Some(i), Some(InputStatus::Kept)),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO invocations ({INVOCATION_COLUMNS}, input_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(&r.id)
+    .bind(&r.tenant_id)
+    .bind(&r.install_id)
+    .bind(&r.kind)
+    .bind(r.contact_id.as_deref())
+    .bind(r.event_id.as_deref())
+    .bind(i64::from(r.ok))
+    .bind(r.error_cause.as_deref())
+    .bind(message)
+    .bind(r.fuel_used)
+    .bind(r.duration_us)
+    .bind(r.idempotency_key.as_deref())
+    .bind(output)
+    .bind(r.at)
+    .bind(r.plugin_version_id.as_deref())
+    .bind(input_status.map(InputStatus::as_str))
+    .bind(input)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Keep the record of one plugin call. An output larger than
-    /// [`MAX_OUTPUT_JSON`] is dropped (the record says so in `error_message`
-    /// when it has none).
+    /// Keep the record of one plugin call (see [`insert_invocation`] for
+    /// the caps on output and input). Workflow steps record theirs with the
+    /// step instead ([`Store::save_run_with_calls`]).
     pub async fn record_invocation(&self, r: &InvocationRecord) -> Result<()> {
-        let too_big = r.output_json.as_ref().is_some_and(|o| o.len() > MAX_OUTPUT_JSON);
-        let output = if too_big { None } else { r.output_json.as_deref() };
-        let message = match (&r.error_message, too_big) {
-            (Some(m), _) => Some(cut(m, MAX_ERROR_MESSAGE)),
-            (None, true) => Some("output not kept: larger than 64 KiB"),
-            (None, false) => None,
-        };
-        sqlx::query(&format!(
-            "INSERT INTO invocations ({INVOCATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        let _gate = self.write_gate().await;
+        let mut conn = self.pool.acquire().await?;
+        insert_invocation(&mut conn, r).await
+    }
+
+    /// Invocation `id` of `tenant`, with its input when one is kept. `None`
+    /// for an unknown id or another tenant's.
+    pub async fn get_invocation(&self, tenant: &str, id: &str) -> Result<Option<InvocationRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INVOCATION_COLUMNS}, input_json FROM invocations WHERE tenant_id = $1 AND id = $2"
         ))
-        .bind(&r.id)
-        .bind(&r.tenant_id)
-        .bind(&r.install_id)
-        .bind(&r.kind)
-        .bind(r.contact_id.as_deref())
-        .bind(r.event_id.as_deref())
-        .bind(i64::from(r.ok))
-        .bind(r.error_cause.as_deref())
-        .bind(message)
-        .bind(r.fuel_used)
-        .bind(r.duration_us)
-        .bind(r.idempotency_key.as_deref())
-        .bind(output)
-        .bind(r.at)
-        .execute(&self.pool)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        let Some(row) = row else { return Ok(None) };
+        let mut record = invocation_from_row(&row)?;
+        record.input_json = row.try_get("input_json")?;
+        Ok(Some(record))
     }
 
     /// The tenant's latest invocations, newest first, of one install when
-    /// `install_id` is given.
+    /// `install_id` is given (inputs are not read).
     pub async fn list_invocations(
         &self,
         tenant: &str,
         install_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>> {
-        let filter = if install_id.is_some() { " AND install_id = $3" } else { "" };
-        let sql = format!(
-            "SELECT {INVOCATION_COLUMNS} FROM invocations WHERE tenant_id = $1{filter} ORDER BY at DESC, id DESC LIMIT $2"
-        );
-        let mut q = sqlx::query(&sql).bind(tenant).bind(page_limit(limit));
-        if let Some(i) = install_id {
-            q = q.bind(i);
+        let filter = InvocationFilter { install_id: install_id.map(str::to_string), ..InvocationFilter::default() };
+        self.list_invocations_where(tenant, &filter, limit).await
+    }
+
+    /// The tenant's latest invocations matching `filter`, newest first, at
+    /// most `limit` (1 to 1000; inputs are not read).
+    pub async fn list_invocations_where(
+        &self,
+        tenant: &str,
+        filter: &InvocationFilter,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>> {
+        let mut b = Builder::new(&format!("SELECT {INVOCATION_COLUMNS} FROM invocations WHERE tenant_id = "));
+        let t = b.arg(Arg::Text(tenant));
+        b.push(&t);
+        if let Some(i) = &filter.install_id {
+            b.push_arg(" AND install_id = ", Arg::Text(i));
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        if let Some(c) = &filter.contact_id {
+            b.push_arg(" AND contact_id = ", Arg::Text(c));
+        }
+        if let Some(ok) = filter.ok {
+            b.push_arg(" AND ok = ", Arg::Int(i64::from(ok)));
+        }
+        b.push_arg(" ORDER BY at DESC, id DESC LIMIT ", Arg::Int(page_limit(limit)));
+        let rows = b.query().fetch_all(&self.pool).await?;
         rows.iter().map(invocation_from_row).collect()
+    }
+
+    /// Erase the inputs of invocations recorded before `before_ms` (business
+    /// time, epoch ms), every tenant's: `input_json` becomes NULL and the
+    /// record says [`InputStatus::Expired`]; the record itself stays (the
+    /// run history and failure counts read it). Returns how many inputs were
+    /// erased. Works in batches, each its own short write.
+    pub async fn expire_invocation_inputs(&self, before_ms: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let _gate = self.write_gate().await;
+            let done = sqlx::query(
+                "UPDATE invocations SET input_json = NULL, input_status = 'expired' WHERE id IN \
+                 (SELECT id FROM invocations WHERE input_json IS NOT NULL AND at < $1 LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(EXPIRE_BATCH)
+            .execute(&self.pool)
+            .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < EXPIRE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Successes and failures of install `install_id` at or after `since`.

@@ -33,6 +33,7 @@
 //! - `automation`: lifecycle score thresholds.
 //! - `batch`: batched reads and one-transaction writes for the pipeline.
 //! - `invocations`: recorded plugin calls.
+//! - `install_history`: every change of the version an install runs.
 //! - `workflows`: versioned workflow definitions, activation, due schedules.
 //! - `runs`: workflow runs (enrollment rules, due timers, progress, retries)
 //!   and their step records.
@@ -56,6 +57,7 @@ mod contacts;
 mod crm;
 mod error;
 mod events;
+mod install_history;
 mod invocations;
 mod plugins;
 mod runs;
@@ -87,7 +89,11 @@ pub use error::{Result, StoreError};
 pub use events::{
     CLAIM_LEASE_MS, Event, MAX_EVENTS_PER_BATCH, MAX_IDEMPOTENCY_KEY, MAX_KIND, MAX_RECENT, NewEvent, TimelineEntry,
 };
-pub use invocations::{InvocationCounts, InvocationRecord, MAX_ERROR_MESSAGE, MAX_OUTPUT_JSON};
+pub use install_history::InstallChange;
+pub use invocations::{
+    InputStatus, InvocationCounts, InvocationFilter, InvocationRecord, MAX_ERROR_MESSAGE, MAX_INPUT_JSON,
+    MAX_OUTPUT_JSON,
+};
 pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
 pub use runs::{EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep};
 pub use tenants::{KEY_PREFIX, MAX_TIME_ZONE, Principal, Tenant};

@@ -80,6 +80,10 @@ pub struct Install {
     /// Why the host disabled it (the circuit breaker); `None` when enabled
     /// or disabled by hand.
     pub disabled_reason: Option<String>,
+    /// Whether a newly uploaded version of the plugin replaces the one it
+    /// runs (after its health check), without an admin's call.
+    #[serde(default)]
+    pub auto_upgrade: bool,
     /// Creation time, epoch ms.
     pub created_at: i64,
     /// Last change, epoch ms.
@@ -101,6 +105,9 @@ pub struct NewInstall {
     /// Whether it runs (true when absent).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Follow new uploads of the plugin (false when absent).
+    #[serde(default)]
+    pub auto_upgrade: Option<bool>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -123,12 +130,15 @@ pub struct InstallPatch {
     /// Enable or disable.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Follow new uploads of the plugin, or stop following them.
+    #[serde(default)]
+    pub auto_upgrade: Option<bool>,
 }
 
 const VERSION_COLUMNS: &str = "id, tenant_id, name, version, hash, size, description_json, created_at";
 const INSTALL_SELECT: &str = "SELECT i.id, i.tenant_id, i.plugin_version_id, v.name AS plugin_name, \
      v.version AS plugin_version, v.hash AS plugin_hash, i.config, i.grants, i.enabled, i.disabled_reason, \
-     i.created_at, i.updated_at \
+     i.auto_upgrade, i.created_at, i.updated_at \
      FROM installs i JOIN plugin_versions v ON v.id = i.plugin_version_id";
 
 fn version_from_row(row: &AnyRow) -> Result<PluginVersion> {
@@ -156,6 +166,7 @@ fn install_from_row(row: &AnyRow) -> Result<Install> {
         grants: sql::get_json(row, "grants")?,
         enabled: sql::get_bool(row, "enabled")?,
         disabled_reason: row.try_get("disabled_reason")?,
+        auto_upgrade: sql::get_bool(row, "auto_upgrade")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -359,8 +370,8 @@ impl Store {
             return Err(StoreError::UnknownReference { entity: "plugin version", id: new.plugin_version_id });
         }
         sqlx::query(
-            "INSERT INTO installs (id, tenant_id, plugin_version_id, config, grants, enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO installs (id, tenant_id, plugin_version_id, config, grants, enabled, auto_upgrade, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(tenant)
@@ -368,6 +379,7 @@ impl Store {
         .bind(&config)
         .bind(&grants)
         .bind(i64::from(new.enabled.unwrap_or(true)))
+        .bind(i64::from(new.auto_upgrade.unwrap_or(false)))
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
@@ -437,9 +449,30 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(a) = patch.auto_upgrade {
+            sqlx::query("UPDATE installs SET auto_upgrade = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .bind(i64::from(a))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         let install = select_install(&mut tx, tenant, id).await?;
         tx.commit().await?;
         Ok(install)
+    }
+
+    /// The tenant's installs of plugin `name` that follow new uploads.
+    pub async fn auto_upgrade_installs(&self, tenant: &str, name: &str) -> Result<Vec<Install>> {
+        let rows = sqlx::query(&format!(
+            "{INSTALL_SELECT} WHERE i.tenant_id = $1 AND v.name = $2 AND i.auto_upgrade = 1 ORDER BY i.id"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(install_from_row).collect()
     }
 
     async fn set_install_column(

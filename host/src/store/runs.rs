@@ -35,6 +35,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::store::error::{Result, StoreError};
+use crate::store::invocations::{InvocationRecord, insert_invocation};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
 use crate::store::{Backend, CLAIM_LEASE_MS, Page, Store, new_id, now_ms};
 
@@ -59,7 +60,7 @@ const STEP_STATUSES: [&str; 4] = ["ok", "failed", "retrying", "waiting"];
 const RUN_COLUMNS: &str = "id, tenant_id, workflow_id, version, contact_id, status, cursor, wake_at, attempts, \
      variants, state, trigger_event_id, enrollment_key, error, exit_reason, enrolled_at, updated_at, finished_at";
 pub(crate) const RUN_STEP_COLUMNS: &str = "id, run_id, workflow_id, contact_id, step_id, kind, status, attempts, \
-     input, output, error, started_at, finished_at, duration_us, fuel_used";
+     input, output, error, started_at, finished_at, duration_us, fuel_used, invocation_id";
 
 /// One enrollment of a contact into a workflow version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +139,11 @@ pub struct RunStep {
     pub duration_us: i64,
     /// Fuel (instructions) the latest attempt's plugin call used.
     pub fuel_used: Option<i64>,
+    /// The latest attempt's plugin call (`GET /v1/invocations/{id}`: its
+    /// input, for replay); `None` for steps that call no plugin, or an
+    /// attempt that could not call one (install missing or disabled).
+    #[serde(default)]
+    pub invocation_id: Option<String>,
 }
 
 /// A request to enroll a contact into a workflow version.
@@ -295,6 +301,7 @@ pub(crate) fn run_step_from_row(row: &AnyRow) -> Result<RunStep> {
         finished_at: row.try_get("finished_at")?,
         duration_us: row.try_get("duration_us")?,
         fuel_used: row.try_get("fuel_used")?,
+        invocation_id: row.try_get("invocation_id")?,
     })
 }
 
@@ -542,12 +549,32 @@ impl Store {
     /// Fails with [`StoreError::Invalid`] for an unknown run or step status,
     /// or a step of another run.
     pub async fn save_run(&self, p: &RunProgress, steps: &[RunStep]) -> Result<bool> {
+        self.save_run_with_calls(p, steps, &[]).await
+    }
+
+    /// [`Store::save_run`], recording in the same transaction the plugin
+    /// calls the steps made (one per action attempt, with its input for
+    /// replay; see [`Store::record_invocation`] for the caps). A step's
+    /// `invocation_id` names its latest call. Nothing is recorded when the
+    /// run no longer exists: the calls belong to the run's history, which
+    /// went with it.
+    ///
+    /// Fails, as `save_run` does, and also for a call of another tenant.
+    pub async fn save_run_with_calls(
+        &self,
+        p: &RunProgress,
+        steps: &[RunStep],
+        calls: &[InvocationRecord],
+    ) -> Result<bool> {
         check_status(&p.status, &RUN_STATUSES, "run")?;
         for s in steps {
             check_status(&s.status, &STEP_STATUSES, "step")?;
             if s.run_id != p.run_id {
                 return Err(StoreError::Invalid(format!("step `{}` belongs to another run", s.step_id)));
             }
+        }
+        if let Some(c) = calls.iter().find(|c| c.tenant_id != p.tenant_id) {
+            return Err(StoreError::Invalid(format!("invocation `{}` belongs to another tenant", c.id)));
         }
         let error = bounded_json(p.error.as_ref())?;
         let waiting = p.status == WAITING;
@@ -581,11 +608,11 @@ impl Store {
         for s in steps {
             sqlx::query(&format!(
                 "INSERT INTO run_steps (tenant_id, {RUN_STEP_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                  ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
                  attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
                  error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
-                 fuel_used = excluded.fuel_used"
+                 fuel_used = excluded.fuel_used, invocation_id = excluded.invocation_id"
             ))
             .bind(&p.tenant_id)
             .bind(&s.id)
@@ -603,8 +630,12 @@ impl Store {
             .bind(s.finished_at)
             .bind(s.duration_us)
             .bind(s.fuel_used)
+            .bind(s.invocation_id.as_deref())
             .execute(&mut *tx)
             .await?;
+        }
+        for c in calls {
+            insert_invocation(&mut tx, c).await?;
         }
         tx.commit().await?;
         Ok(true)

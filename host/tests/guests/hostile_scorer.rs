@@ -1,12 +1,10 @@
 // Shared by the test scorer guests (`include!`d, not a crate: each guest
 // stays one self-contained component). Declares a scorer named `$name`
 // (version `$version`, default 0.1.0), with no config, whose `score` runs
-// `$body`; the guest's own docs say what it does to the host.
+// `$body` and whose self-test (when given) returns `$checks`; the guest's
+// own docs say what it does to the host.
 macro_rules! hostile_scorer {
-    ($name:literal, $body:block) => {
-        hostile_scorer!($name, "0.1.0", $body);
-    };
-    ($name:literal, $version:literal, $body:block) => {
+    ($name:literal, $version:literal, $body:block, $checks:block) => {
         #[derive(serde::Deserialize, Default)]
         #[serde(default)]
         struct Config {}
@@ -19,6 +17,8 @@ macro_rules! hostile_scorer {
             fn describe() -> Description {
                 Description::new($name, $version).summary("test guest").kind(Kind::Scorer)
             }
+
+            fn self_test() -> Vec<SelfCheck> $checks
         }
 
         impl Scorer for Guest {
@@ -26,5 +26,11 @@ macro_rules! hostile_scorer {
         }
 
         cairn_sdk::register_plugin!(Guest: scorer);
+    };
+    ($name:literal, $version:literal, $body:block) => {
+        hostile_scorer!($name, $version, $body, { Vec::new() });
+    };
+    ($name:literal, $body:block) => {
+        hostile_scorer!($name, "0.1.0", $body);
     };
 }

@@ -200,9 +200,13 @@ impl Workflows {
                             if sample_events.is_some() {
                                 scope.test_contact = Some(contact.id.clone());
                             }
-                            match actions::call(self.registry.runtime(), &active, scope, &contact, None, &call).await {
+                            // A dry run is not recorded: a throwaway invocation id.
+                            let prepared = actions::prepare(&active, &contact, None, &call);
+                            let invocation_id = store::new_id();
+                            let runtime = self.registry.runtime();
+                            match actions::call(runtime, &active, scope, &prepared, &invocation_id).await {
                                 Ok(called) => {
-                                    step.result = serde_json::to_value(&called.value).unwrap_or_default();
+                                    step.result = called.value;
                                     step.duration_us = Some(called.stats.duration_us);
                                     step.fuel_used = Some(called.stats.fuel_used);
                                 }

@@ -12,6 +12,11 @@
 //! again, up to the workflow's `max_attempts`; any other error, or the last
 //! attempt, fails the run with the error. A failed run can be retried from
 //! the failed step (`POST /v1/runs/{id}/retry`).
+//!
+//! Every attempt of an action step is an invocation record too (kind
+//! `execute` or `send`, ok or not, with its input for replay), saved in the
+//! same transaction as the step's record, which names it (`invocation_id`).
+//! Its id is the `invocation-id` the plugin saw.
 
 use std::sync::Arc;
 
@@ -23,7 +28,7 @@ use super::program::Program;
 use super::{Workflows, time};
 use crate::engine::actions::{self, ActionCall};
 use crate::runtime::{CallError, CallScope, FailureCause};
-use crate::store::{self, Contact, Run, RunProgress, RunStep, StoreError};
+use crate::store::{self, Contact, InvocationRecord, Run, RunProgress, RunStep, StoreError};
 
 /// Statuses a run ends in.
 pub const COMPLETED: &str = "completed";
@@ -72,6 +77,9 @@ impl Workflows {
         // crash is harmless, while every action's outcome is saved before the
         // run goes on. One write transaction per action instead of per step.
         let mut pending: Vec<RunStep> = Vec::new();
+        // The plugin call of the action step being saved (at most one: every
+        // action is followed by a save).
+        let mut calls: Vec<InvocationRecord> = Vec::new();
         // Every step runs at most once per run, so this bounds the loop even
         // if a stored cursor were somehow inconsistent.
         for _ in 0..=definition::MAX_STEPS {
@@ -81,7 +89,7 @@ impl Workflows {
             let Some(node) = program.node(&step_id) else {
                 let error = json!({"message": format!("step `{step_id}` is not in version {}", run.version)});
                 self.count(&self.stats.runs_failed);
-                return self.save(&run, FAILED, None, Some(error), None, &pending).await;
+                return self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await;
             };
             let now = self.clock.now();
             let started = std::time::Instant::now();
@@ -101,6 +109,7 @@ impl Workflows {
                 finished_at: Some(now),
                 duration_us: 0,
                 fuel_used: None,
+                invocation_id: None,
             };
             record.input = step_input(&node.step);
             let outcome = match &node.step {
@@ -138,7 +147,16 @@ impl Workflows {
                         json!({"install_id": install_id, "config": config, "message": message, "idempotency_key": key}),
                     );
                     let outcome = self
-                        .action(&run, &program, install_id, &contact, trigger_event.as_ref(), &call, &mut record)
+                        .action(
+                            &run,
+                            &program,
+                            install_id,
+                            &contact,
+                            trigger_event.as_ref(),
+                            &call,
+                            &mut record,
+                            &mut calls,
+                        )
                         .await;
                     // Only an install that may write can have changed the
                     // contact (owner, tags, …); later conditions and
@@ -163,8 +181,9 @@ impl Workflows {
                     run.attempts = 0;
                     let status = if run.cursor.is_some() { WAITING } else { COMPLETED };
                     if acted || status == COMPLETED {
-                        self.save(&run, status, Some(now), None, None, &pending).await?;
+                        self.save(&run, status, Some(now), None, None, &pending, &calls).await?;
                         pending.clear();
+                        calls.clear();
                     }
                     if status == COMPLETED {
                         self.count(&self.stats.runs_completed);
@@ -176,19 +195,19 @@ impl Workflows {
                         run.attempts = record.attempts;
                     }
                     pending.push(record);
-                    return self.save(&run, WAITING, Some(until), None, None, &pending).await;
+                    return self.save(&run, WAITING, Some(until), None, None, &pending, &calls).await;
                 }
                 Outcome::Fail(error) => {
                     run.attempts = record.attempts;
                     self.count(&self.stats.runs_failed);
                     pending.push(record);
-                    return self.save(&run, FAILED, None, Some(error), None, &pending).await;
+                    return self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await;
                 }
             }
         }
         let error = json!({"message": "the run did not finish within the step limit"});
         self.count(&self.stats.runs_failed);
-        self.save(&run, FAILED, None, Some(error), None, &pending).await
+        self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await
     }
 
     /// A delay: the first visit computes its end in the tenant's zone and
@@ -221,7 +240,8 @@ impl Workflows {
         Outcome::Wait(until)
     }
 
-    /// An action step: call the install; on failure, retry or fail.
+    /// An action step: call the install (its invocation record goes to
+    /// `calls`); on failure, retry or fail.
     #[allow(clippy::too_many_arguments)]
     async fn action(
         &self,
@@ -232,6 +252,7 @@ impl Workflows {
         trigger_event: Option<&store::Event>,
         call: &ActionCall<'_>,
         record: &mut RunStep,
+        calls: &mut Vec<InvocationRecord>,
     ) -> Outcome {
         let next = program.node(&record.step_id).and_then(|n| n.next.clone());
         let result = match self.registry.get(&run.tenant_id, install_id) {
@@ -241,12 +262,23 @@ impl Workflows {
             }
             Some(active) => {
                 let scope = self.scope(&active, false);
-                let outcome =
-                    actions::call(self.registry.runtime(), &active, scope, contact, trigger_event, call).await;
+                let prepared = actions::prepare(&active, contact, trigger_event, call);
+                let invocation_id = store::new_id();
+                let outcome = actions::call(self.registry.runtime(), &active, scope, &prepared, &invocation_id).await;
                 match &outcome {
                     Ok(called) => self.registry.record_ok(&active, &called.stats),
                     Err(e) => self.registry.record_failure(&active, e).await,
                 }
+                let mut invocation = actions::invocation_record(
+                    &active,
+                    invocation_id.clone(),
+                    &prepared,
+                    outcome.as_ref(),
+                    self.clock.now(),
+                );
+                invocation.event_id = run.trigger_event_id.clone();
+                calls.push(invocation);
+                record.invocation_id = Some(invocation_id);
                 outcome.map_err(|e| {
                     record.fuel_used = Some(e.stats.fuel_used as i64);
                     let retryable = e.retryable;
@@ -257,7 +289,7 @@ impl Workflows {
         match result {
             Ok(called) => {
                 record.fuel_used = Some(called.stats.fuel_used as i64);
-                record.output = serde_json::to_value(&called.value).ok();
+                record.output = Some(called.value);
                 Outcome::Next(next)
             }
             Err((error, retryable)) => {
@@ -355,9 +387,12 @@ impl Workflows {
 
     /// End `run` without a step of its own (completed, cancelled, exited).
     async fn finish(&self, run: &Run, status: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        self.save(run, status, None, None, reason, &[]).await
+        self.save(run, status, None, None, reason, &[], &[]).await
     }
 
+    /// Save where `run` got to with the step records and plugin calls since
+    /// the last save, in one transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn save(
         &self,
         run: &Run,
@@ -366,6 +401,7 @@ impl Workflows {
         error: Option<Json>,
         exit_reason: Option<&str>,
         steps: &[RunStep],
+        calls: &[InvocationRecord],
     ) -> Result<(), StoreError> {
         let waiting = status == WAITING;
         let progress = RunProgress {
@@ -381,7 +417,7 @@ impl Workflows {
             exit_reason: exit_reason.map(str::to_string),
             at: self.clock.now(),
         };
-        self.store.save_run(&progress, steps).await?;
+        self.store.save_run_with_calls(&progress, steps, calls).await?;
         Ok(())
     }
 }

@@ -8,12 +8,16 @@
 //!   "processed" (scored, triggers evaluated) on SQLite, durably.
 //! - `http_single`: one event per request at concurrency 16: requests/s
 //!   answered 202 (each durable), and the processing rate behind them.
+//! - `hot_swap` ([`hot_swap`]): p99 event latency while an install swaps
+//!   versions, against steady state.
 //! - `startup_50`: server start with 50 installs from the compiled cache.
 //! - `idle_rss`: resident memory of a fresh `cairn serve` child with 50
 //!   installs, idle.
 //!
 //! The load generator runs in this process, on the same two cores as the
 //! server: figures are a floor for what a separate client would see.
+
+pub mod hot_swap;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,7 +35,7 @@ use crate::runtime::{CallScope, Runtime, RuntimeSettings};
 use crate::server::{self, Server, ServerConfig};
 use crate::store::{self, Store};
 
-fn emit(line: Value) {
+pub(crate) fn emit(line: Value) {
     println!("{line}");
 }
 
@@ -107,21 +111,30 @@ pub fn sample_input(now: i64) -> (store::Contact, Vec<store::Event>) {
     (contact, events)
 }
 
-/// Run every benchmark (or only the workflow engine's).
-pub async fn run(quick: bool, workflows_only: bool) -> anyhow::Result<()> {
-    if !workflows_only {
-        plugin_call(if quick { 500 } else { 5000 }).await?;
-        let dir = std::env::temp_dir().join(format!("cairn-bench-{}-{}", std::process::id(), store::now_ms()));
-        std::fs::create_dir_all(&dir)?;
-        let result = pipeline_and_http(&dir, quick).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        result?;
-    }
-    let dir = std::env::temp_dir().join(format!("cairn-bench-wf-{}-{}", std::process::id(), store::now_ms()));
+/// A fresh data folder for one benchmark, removed after it whatever happens.
+async fn in_fresh_dir<F, Fut>(name: &str, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let dir = std::env::temp_dir().join(format!("cairn-bench-{name}-{}-{}", std::process::id(), store::now_ms()));
     std::fs::create_dir_all(&dir)?;
-    let result = workflow_engine(&dir, quick).await;
+    let result = bench(dir.clone()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Run every benchmark (or only the workflow engine's, or only the hot swap).
+pub async fn run(quick: bool, workflows_only: bool, swap_only: bool) -> anyhow::Result<()> {
+    if swap_only {
+        return in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await;
+    }
+    if !workflows_only {
+        plugin_call(if quick { 500 } else { 5000 }).await?;
+        in_fresh_dir("pipeline", |dir| async move { pipeline_and_http(&dir, quick).await }).await?;
+        in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await?;
+    }
+    in_fresh_dir("wf", |dir| async move { workflow_engine(&dir, quick).await }).await
 }
 
 /// Enrollments and steps per second through the workflow engine: N contacts
@@ -305,7 +318,7 @@ fn to_sdk(contact: &store::Contact, events: &[store::Event]) -> (cairn_sdk::Cont
     (c, e)
 }
 
-async fn start_in(dir: &std::path::Path) -> anyhow::Result<Server> {
+pub(crate) async fn start_in(dir: &std::path::Path) -> anyhow::Result<Server> {
     let mut config = ServerConfig::in_dir(dir.to_path_buf());
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.clock = Clock::System;
@@ -487,7 +500,7 @@ async fn idle_rss(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client_key(created: &Value) -> String {
+pub(crate) fn client_key(created: &Value) -> String {
     created["api_key"].as_str().unwrap_or_default().to_string()
 }
 
