@@ -302,3 +302,118 @@ async fn plugin_new_refuses_bad_names_existing_folders_and_missing_sdks() {
     let (_, err) = cairn_fails(&["plugin", "test", dir.to_str().unwrap()]).await;
     assert!(err.contains("cairn plugin build"), "{err}");
 }
+
+/// A free loopback port (bound, read, released: the server takes it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_watch_rebuilds_a_changed_plugin_and_hot_reloads_its_install() {
+    let tmp = TempDir::new("watch");
+    let dir = new_plugin("scorer", "watched-scorer", &tmp.0).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = command(CAIRN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--watch", dir.to_str().unwrap(), "--data-dir"])
+        .arg(tmp.0.join("data"))
+        .env("CAIRN_ADMIN_KEY", ADMIN_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A first build may compile the SDK's dependencies: be patient.
+    let slow = std::time::Duration::from_secs(600);
+    wait_for(slow, || async { Ok(reqwest::get(format!("{url}/healthz")).await.ok().map(|_| ())) }).await.unwrap();
+    let admin = Client::new(&url, ADMIN_KEY);
+    let created = admin.ok(Method::POST, "/v1/tenants", Some(json!({"name": "dev"}))).await.unwrap();
+    let client = Client::new(&url, created["api_key"].as_str().unwrap());
+
+    // The watcher built the crate at start and stored it as a dev version.
+    let version = wait_for(slow, || async {
+        let plugins = client.ok(Method::GET, "/v1/plugins", None).await?;
+        Ok(plugins["items"].as_array().unwrap().iter().find(|p| p["name"] == "watched-scorer").cloned())
+    })
+    .await
+    .expect("the first build is uploaded");
+    assert!(version["version"].as_str().unwrap().starts_with("0.1.0-dev."), "{version}");
+    let install = client
+        .ok(
+            Method::POST,
+            "/v1/installs",
+            Some(json!({"plugin_version_id": version["id"], "config": {"points": {"page_viewed": 5}}})),
+        )
+        .await
+        .unwrap();
+    let install = install["id"].as_str().unwrap().to_string();
+    let contact = client.ok(Method::POST, "/v1/contacts", Some(json!({"email": "w@example.com"}))).await.unwrap();
+    let contact = contact["id"].as_str().unwrap().to_string();
+    let scored = |n: f64| {
+        let (client, contact) = (&client, &contact);
+        async move {
+            client
+                .ok(Method::POST, "/v1/events", Some(json!({"contact_id": contact, "kind": "page_viewed"})))
+                .await
+                .unwrap();
+            wait_for(slow, || async {
+                let c = client.ok(Method::GET, &format!("/v1/contacts/{contact}"), None).await?;
+                Ok((c["score"] == json!(n)).then_some(()))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("never scored {n}: {e}"));
+        }
+    };
+    scored(5.0).await;
+
+    // Change the source: the watcher rebuilds and moves the install to it.
+    let lib = dir.join("src").join("lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    assert!(source.contains("let mut value = 0.0;"), "the template changed: update this test");
+    std::fs::write(&lib, source.replace("let mut value = 0.0;", "let mut value = 100.0;")).unwrap();
+    let history = wait_for(slow, || async {
+        let h = client.ok(Method::GET, &format!("/v1/installs/{install}/history"), None).await?;
+        Ok((h["items"][0]["action"] == "reloaded").then_some(h))
+    })
+    .await
+    .expect("the install is reloaded from the new build");
+    assert_eq!(history["items"][0]["reason"], "rebuilt from source (serve --watch)", "{history}");
+    // Two page views at 5 points, plus the new base of 100.
+    scored(110.0).await;
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_rollback_and_history_from_the_command_line() {
+    let db = TempSqlite::new();
+    let world = World::start(&db.url()).await;
+    let url = world.server.url();
+    let admin = Client::new(&url, ADMIN_KEY);
+    let tenant = admin.ok(Method::POST, "/v1/tenants", Some(json!({"name": "Ops"}))).await.unwrap();
+    let key = tenant["api_key"].as_str().unwrap().to_string();
+    let client = Client::new(&url, &key);
+    let mut versions = Vec::new();
+    for guest in ["guest-versioned-1", "guest-versioned-2", "guest-versioned-3"] {
+        let (_, uploaded) = client.upload(cairn::catalog::guest_bytes(guest).unwrap()).await.unwrap();
+        versions.push(uploaded["id"].as_str().unwrap().to_string());
+    }
+    let install = client
+        .ok(Method::POST, "/v1/installs", Some(json!({"plugin_version_id": versions[0], "config": {}})))
+        .await
+        .unwrap();
+    let install = install["id"].as_str().unwrap().to_string();
+    let server = ["--server", url.as_str(), "--key", key.as_str()];
+    let with_server = |args: &[&str]| args.iter().chain(server.iter()).map(|s| s.to_string()).collect::<Vec<_>>();
+    let call = |args: Vec<String>| async move { cairn_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()).await };
+
+    let out = call(with_server(&["plugin", "upgrade", &install, &versions[1]])).await;
+    assert!(out.contains("now runs versioned-scorer 2.0.0"), "{out}");
+    // 3.0.0 fails its self-test: refused with the reason, nothing changes.
+    let args = with_server(&["plugin", "upgrade", &install, &versions[2]]);
+    let (_, err) = cairn_fails(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(err.contains("422") && err.contains("failed its health check"), "{err}");
+    let out = call(with_server(&["plugin", "rollback", &install])).await;
+    assert!(out.contains("rolled back to 1.0.0"), "{out}");
+    let out = call(with_server(&["plugin", "history", &install])).await;
+    let actions: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(actions, ["rolled-back", "refused", "upgraded"], "{out}");
+}

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::runner::{Harness, LimitArgs, header, run_fixtures};
 use super::scaffold::{NewPlugin, TemplateKind};
-use super::{build, fixtures, push, replay, scaffold};
+use super::{build, fixtures, installs, push, replay, scaffold};
 
 /// `cairn plugin`: write, build, test, upload and replay plugins.
 #[derive(Debug, Subcommand)]
@@ -83,6 +83,35 @@ pub enum PluginCommand {
         #[arg(long = "grant", value_name = "CAPABILITY")]
         grants: Vec<String>,
     },
+    /// Move an install to another version of its plugin (health-checked by the server).
+    Upgrade {
+        /// The install.
+        install: String,
+        /// The plugin version to run (`GET /v1/plugins`).
+        version: String,
+        /// Where and as whom.
+        #[command(flatten)]
+        server: ServerFlags,
+    },
+    /// Put an install back on the version before its latest change, or on --to.
+    Rollback {
+        /// The install.
+        install: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: Option<String>,
+        /// Where and as whom.
+        #[command(flatten)]
+        server: ServerFlags,
+    },
+    /// An install's version changes: upgrades, rollbacks, refusals, with reasons.
+    History {
+        /// The install.
+        install: String,
+        /// Where and as whom.
+        #[command(flatten)]
+        server: ServerFlags,
+    },
     /// Run a recorded call (from a server, or a file) against a local build.
     Replay {
         /// The invocation id (`GET /v1/invocations`).
@@ -110,6 +139,23 @@ pub enum PluginCommand {
         #[command(flatten)]
         limits: LimitFlags,
     },
+}
+
+/// The server and the tenant's key.
+#[derive(Debug, Clone, Args)]
+pub struct ServerFlags {
+    /// The server, e.g. http://127.0.0.1:7700.
+    #[arg(long, env = "CAIRN_URL")]
+    pub server: String,
+    /// The tenant's API key.
+    #[arg(long, env = "CAIRN_API_KEY", hide_env_values = true)]
+    pub key: String,
+}
+
+impl ServerFlags {
+    fn target(self, install: String) -> installs::Target {
+        installs::Target { server: self.server, key: self.key, install }
+    }
 }
 
 /// Per-call limits; the defaults are `cairn serve`'s.
@@ -142,6 +188,13 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             let grants = if grants.is_empty() { None } else { Some(grants) };
             push::run(&push::PushRequest { crate_dir: dir, plugin, server, key, install, config, grants }).await
         }
+        PluginCommand::Upgrade { install, version, server } => {
+            installs::upgrade(&server.target(install), &version).await.map(drop)
+        }
+        PluginCommand::Rollback { install, to, server } => {
+            installs::rollback(&server.target(install), to.as_deref()).await.map(drop)
+        }
+        PluginCommand::History { install, server } => installs::history(&server.target(install)).await,
         PluginCommand::Replay { id, input, plugin, crate_dir, server, key, save, limits } => {
             let source = match (id, input) {
                 (_, Some(path)) => replay::Source::File(path),

@@ -12,6 +12,8 @@
 //! cairn plugin build my-tagger           # cargo build --release --target wasm32-wasip2
 //! cairn plugin test my-tagger            # run fixtures/*.json in the sandbox
 //! cairn plugin push my-tagger --server http://127.0.0.1:7700 --key $KEY --install --config '{"tag":"vip"}'
+//! cairn plugin upgrade <install id> <version id> --server … --key …
+//! cairn plugin rollback <install id> --server … --key …
 //! cairn plugin replay <invocation id> --plugin my_tagger.wasm --server … --key …
 //! ```
 //!
@@ -26,6 +28,7 @@
 //! - [`runner`]: the harness: the real runtime, a scratch store, one call per
 //!   fixture in test mode, and the report line.
 //! - [`push`]: `plugin push` (upload, optionally install) over the HTTP API.
+//! - [`installs`]: `plugin upgrade|rollback|history`: an install's version.
 //! - [`replay`]: `plugin replay`: a recorded call, fetched or from a file, run
 //!   against a local build.
 //!
@@ -36,6 +39,7 @@
 pub mod build;
 pub mod cli;
 pub mod fixtures;
+pub mod installs;
 pub mod push;
 pub mod replay;
 pub mod runner;
