@@ -97,6 +97,9 @@ struct ServeArgs {
     /// Calls a version on probation makes before its failure rate counts.
     #[arg(long, default_value_t = 5)]
     rollback_min_calls: u32,
+    /// How long recorded plugin-call inputs are kept for replay, hours.
+    #[arg(long, env = "CAIRN_INVOCATION_RETENTION_HOURS", default_value_t = 168)]
+    invocation_retention_hours: u64,
     /// Rebuild the plugin crate(s) in this folder when their sources change
     /// and hot-reload every install of them (development).
     #[arg(long)]
@@ -153,7 +156,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_private_network: args.allow_private_network,
         ..config.runtime
     };
-    let server = server::start(config).await?;
+    let retention = server::InputRetention {
+        keep: Duration::from_secs(args.invocation_retention_hours.saturating_mul(3600)),
+        ..Default::default()
+    };
+    let server = server::start_with_retention(config, retention).await?;
     if let Some(key) = &server.generated_admin_key {
         // Printed once: only its hash is stored.
         eprintln!("admin key (shown once, store it now): {key}");

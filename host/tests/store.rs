@@ -667,6 +667,9 @@ async fn the_timeline_merges_a_contacts_history_newest_first(store: Store) -> an
     };
     store.record_invocation(&action).await?;
     store.record_invocation(&InvocationRecord { id: new_id(), kind: "score".into(), ..action.clone() }).await?;
+    // A workflow step's call is on the timeline as the step, not twice.
+    let step_call = InvocationRecord { id: new_id(), idempotency_key: Some("run:r1:s1".into()), ..action.clone() };
+    store.record_invocation(&step_call).await?;
 
     let timeline = store.timeline(&t, &id, 100).await?.context("timeline")?;
     let types: Vec<&str> = timeline
@@ -680,7 +683,7 @@ async fn the_timeline_merges_a_contacts_history_newest_first(store: Store) -> an
             TimelineEntry::WorkflowStep(_) => "workflow_step",
         })
         .collect();
-    assert_eq!(types.len(), 6, "scorer calls are not action runs: {types:?}");
+    assert_eq!(types.len(), 6, "scorer calls and workflow step calls are not action runs: {types:?}");
     assert_eq!(types[0], "action_run");
     assert_eq!(types[5], "event");
     assert!(timeline.windows(2).all(|w| w[0].at() >= w[1].at()), "newest first");

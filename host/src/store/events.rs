@@ -743,7 +743,14 @@ impl Store {
             per_contact(NOTE_COLUMNS, "notes", "created_at", ""),
             per_contact(TASK_COLUMNS, "tasks", "created_at", ""),
             per_contact("id, contact_id, old_score, new_score, reasons, at", "score_changes", "at", ""),
-            per_contact(INVOCATION_COLUMNS, "invocations", "at", " AND kind = 'execute'"),
+            // A workflow's action calls show as its steps (their keys are
+            // `run:<run>:<step>`); the other action calls show themselves.
+            per_contact(
+                INVOCATION_COLUMNS,
+                "invocations",
+                "at",
+                " AND kind = 'execute' AND (idempotency_key IS NULL OR idempotency_key NOT LIKE 'run:%')",
+            ),
             per_contact(RUN_STEP_COLUMNS, "run_steps", "started_at", ""),
         ];
         for (n, sql) in queries.iter().enumerate() {
