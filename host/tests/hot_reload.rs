@@ -59,6 +59,9 @@ async fn uploads_upgrade_following_installs_unless_the_health_check_fails_and_ro
     let db = TempSqlite::new();
     let world = World::start(&db.url()).await;
     let v1 = upload(&world, "guest-versioned-1").await;
+    // The same bytes again are the same version: 200, not a new one.
+    let (status, again) = world.client().upload(guest_bytes("guest-versioned-1").unwrap()).await.unwrap();
+    assert_eq!((status, &again["id"]), (200, &v1["id"]), "{again}");
     let id = install_following(&world, &v1["id"]).await;
     let contact = world.contact(json!({"email": "follow@example.com"})).await;
     scored(&world, &contact, 1.0).await;

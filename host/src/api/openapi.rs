@@ -167,7 +167,7 @@ fn endpoint_paths() -> Value {
         "/v1/plugins": {
             "post": {"summary": "Upload a plugin component (.wasm body); tenant key: private, admin key: catalog", "security": [{"bearer": []}],
                      "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
-                     "responses": {"201": {"description": "stored with its describe() result, the WIT packages it was built against (`wit`), and what happened to installs that follow the plugin (`upgrades`)"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
+                     "responses": {"200": {"description": "these exact bytes were already stored under this version (same body as 201)"}, "201": {"description": "stored with its describe() result, the WIT packages it was built against (`wit`), and what happened to installs that follow the plugin (`upgrades`)"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
             "get": op("Plugin versions visible to the tenant (its own and the catalog)", "200", None),
         },
         "/v1/plugins/{id}": {"parameters": id_param(), "get": op("A plugin version", "200", None)},

@@ -82,7 +82,8 @@ async fn upload(
     // stayed and why (a failed health check).
     json["upgrades"] = json!(uploaded.upgrades);
     json["wit"] = json!(uploaded.wit);
-    Ok((StatusCode::CREATED, Json(json)))
+    let status = if uploaded.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json)))
 }
 
 async fn list(TenantAuth(tenant): TenantAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

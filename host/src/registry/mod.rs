@@ -155,6 +155,8 @@ pub struct Uploaded {
     pub upgrades: Vec<lifecycle::AutoUpgrade>,
     /// The WIT packages the component was built against.
     pub wit: Vec<&'static str>,
+    /// False when these exact bytes were already stored under this version.
+    pub created: bool,
 }
 
 impl Registry {
@@ -205,13 +207,15 @@ impl Registry {
         let d = &plugin.description;
         let description_json =
             serde_json::to_string(d).map_err(|e| StoreError::Invalid(format!("description: {e}")))?;
+        let existing = self.store.find_plugin_version(tenant, &d.name, &d.version).await?;
+        let created = !existing.is_some_and(|v| v.hash == plugin.hash && v.tenant_id.as_deref() == tenant);
         let version =
             self.store.put_plugin_version(tenant, &d.name, &d.version, &plugin.hash, &bytes, &description_json).await?;
         let upgrades = match tenant {
             Some(t) => self.auto_upgrade(t, &version).await,
             None => Vec::new(),
         };
-        Ok(Uploaded { version, description: d.clone(), upgrades, wit: plugin.wit_packages() })
+        Ok(Uploaded { version, description: d.clone(), upgrades, wit: plugin.wit_packages(), created })
     }
 
     /// The description of a stored version.
