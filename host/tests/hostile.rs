@@ -32,10 +32,7 @@
 //! | a `describe()` with a malformed config schema | `guest-bad-schema` | upload refused (422) naming `config-schema` |
 //! | oversized config (100 KB) | `guest-cross-tenant` | install refused (422) naming the 64 KiB limit |
 //!
-//! Not covered here: events emitted in a loop that re-trigger the same
-//! plugin. A scorer granted `store-write` that emits one event per call is
-//! called again for that event, endlessly (about 700 calls a second, tried
-//! by hand); the host has no guard to assert yet (issue 5, item 1).
+//! | events emitted in a loop that re-trigger the same plugin | `guest-event-loop` | the chain stops at 100 events of the kind per contact per minute; cause `plugin`, the host's limit named |
 
 // Tests fail loudly on purpose: a panic is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -524,4 +521,27 @@ async fn an_oversized_config_is_refused_at_install() {
     let detail = body["error"]["details"][0]["message"].as_str().unwrap_or_default();
     assert!(detail.contains("the limit is 65536"), "the limit is named: {body}");
     assert_still_serving(&world.server.url(), world.client(), "config").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_re_trigger_their_own_plugin_stop_at_the_emission_cap() {
+    let (_db, world) = world().await;
+    let attacker = tenant(&world.server, "looping").await;
+    let id = install(&attacker, "guest-event-loop", json!({}), &["store-write"]).await;
+    event(&attacker, "target@attacker.test", "page_viewed").await;
+    // Each ping scores the contact again, which pings again, until the host
+    // refuses the 101st ping of the minute: that call fails, the chain ends.
+    let failure = failed_with(&attacker, &id, "plugin").await;
+    let message = failure["error_message"].as_str().unwrap();
+    assert!(message.contains("a plugin may not add more") && message.contains("`ping`"), "{message}");
+    let target = contact(&attacker, "target@attacker.test").await;
+    let tenant_id = attacker.ok(Method::GET, "/v1/tenant", None).await.unwrap()["id"].as_str().unwrap().to_string();
+    let target = target["id"].as_str().unwrap();
+    let store = &world.server.state.store;
+    let pings = store.count_events(&tenant_id, target, "ping", 0).await.unwrap();
+    assert_eq!(pings, cairn::runtime::host::MAX_EMITTED_PER_MINUTE);
+    // Stopped for good, not slowed: nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.count_events(&tenant_id, target, "ping", 0).await.unwrap(), pings);
+    assert_still_serving(&world.server.url(), world.client(), "looping").await;
 }

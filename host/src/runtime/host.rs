@@ -25,6 +25,10 @@ use crate::store::{self, Store};
 
 use types::HostError;
 
+/// Events of one kind a contact may have in a minute before a plugin may
+/// not emit another: the guard against plugins that re-trigger themselves.
+pub const MAX_EMITTED_PER_MINUTE: i64 = 100;
+
 /// Bytes of guest stderr kept per call (enough for a panic message).
 const STDERR_CAPTURE: usize = 4096;
 /// Longest log line kept; the rest is cut.
@@ -345,6 +349,22 @@ impl wit_store::Host for HostState {
                 Ok(()) => ok("test-event".into()),
                 Err(e) => fail(e),
             };
+        }
+        // A plugin whose events trigger itself (an emit per call, each
+        // event calling it again) would loop forever: events of one kind
+        // for one contact are capped per minute of business time, counting
+        // every source, which ends such a chain at the cap.
+        let since = scope.now - 60_000;
+        match scope.store.count_events(&scope.tenant_id, &contact_id, &kind, since).await {
+            Ok(n) if n >= MAX_EMITTED_PER_MINUTE => {
+                tracing::warn!(install = %scope.install_id, kind, "plugin event emission capped (loop guard)");
+                return fail(HostError::Limit(format!(
+                    "this contact already has {n} `{kind}` events in the last minute; a plugin may not add more \
+                     (the cap of {MAX_EMITTED_PER_MINUTE} stops events that re-trigger their own plugin)"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return fail(unavailable(e)),
         }
         let mut props = convert::properties_from_wit(properties);
         props.insert("emitted_by".into(), store::Value::Text(scope.install_id.clone()));
