@@ -87,6 +87,12 @@ struct ServeArgs {
     /// Failures in a row after which an install is disabled (0: never).
     #[arg(long, default_value_t = 20)]
     breaker_failures: u32,
+    /// Events per second a tenant may send before it gets 429 (0: unlimited).
+    #[arg(long, default_value_t = 20_000)]
+    tenant_events_per_sec: u32,
+    /// Plugin calls of one tenant running at once (0: unlimited).
+    #[arg(long, default_value_t = 16)]
+    tenant_concurrent_calls: u32,
     /// Seconds a newly upgraded version is on probation (rolled back if its
     /// calls fail too often).
     #[arg(long, default_value_t = 300)]
@@ -151,6 +157,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             probation: Duration::from_secs(args.probation_secs),
             rollback_failure_percent: args.rollback_failure_percent,
             rollback_min_calls: args.rollback_min_calls,
+            tenant_events_per_sec: args.tenant_events_per_sec,
+            tenant_concurrent_calls: args.tenant_concurrent_calls,
             ..Limits::default()
         },
         allow_private_network: args.allow_private_network,

@@ -154,7 +154,11 @@ pub async fn start_with_retention(config: ServerConfig, retention: InputRetentio
         tasks.push(tokio::spawn(workflows.clone().run()));
         tasks.push(tokio::spawn(expire_inputs_loop(store.clone(), retention)));
     }
-    let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default() };
+    let rate_limit = Arc::new(crate::api::rate_limit::TenantRateLimiter::new(
+        config.runtime.limits.tenant_events_per_sec,
+        crate::api::events::MAX_BATCH,
+    ));
+    let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default(), rate_limit };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

@@ -44,6 +44,14 @@ pub enum ApiError {
     /// 503: the store is unavailable; retry later.
     #[error("the service is temporarily unavailable, retry later")]
     Unavailable,
+    /// The tenant sent more than its limit; retry after the given seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What limit, and when to retry.
+        message: String,
+        /// Seconds until the request would fit.
+        retry_after_secs: u64,
+    },
     /// 500: a bug or an unexpected failure.
     #[error("internal error")]
     Internal(String),
@@ -74,6 +82,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unprocessable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -94,6 +103,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if let ApiError::TooManyRequests { retry_after_secs, .. } = &self {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(*retry_after_secs));
         }
         response
     }

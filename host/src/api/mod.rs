@@ -22,6 +22,7 @@ pub mod installs;
 pub mod lifecycle;
 pub mod openapi;
 pub mod plugins;
+pub mod rate_limit;
 pub mod runs;
 pub mod system;
 pub mod tenants;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub workflows: Arc<Workflows>,
     /// Key lookups.
     pub auth: Arc<auth::AuthCache>,
+    /// Events per second per tenant.
+    pub rate_limit: Arc<rate_limit::TenantRateLimiter>,
 }
 
 /// The API router.

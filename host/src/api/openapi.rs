@@ -26,6 +26,12 @@ fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
     o
 }
 
+/// `op` that may also answer 429 with `Retry-After`.
+fn with_rate_limit(mut o: Value) -> Value {
+    o["responses"]["429"] = json!({"$ref": "#/components/responses/Error"});
+    o
+}
+
 /// `op` with a request body that may be left out.
 fn op_optional_body(summary: &str, ok: &str, body: &str) -> Value {
     let mut o = op(summary, ok, Some(body));
@@ -161,7 +167,7 @@ fn endpoint_paths() -> Value {
         },
         "/v1/contacts/{id}/timeline": {"parameters": id_param(), "get": op("A contact's events, scores, tasks, notes and plugin runs, newest first", "200", None)},
         "/v1/events": {
-            "post": op("Ingest one event or a batch of up to 1000; 202 once durable", "202", Some("Events")),
+            "post": with_rate_limit(op("Ingest one event or a batch of up to 1000; 202 once durable; 429 with Retry-After past the tenant's events per second", "202", Some("Events"))),
             "get": op("A contact's recent events (?contact_id=)", "200", None),
         },
         "/v1/plugins": {

@@ -120,6 +120,8 @@ struct Call {
     started: Instant,
     fuel_budget: u64,
     deadline: Duration,
+    /// The tenant's concurrency slot, held until the call is dropped.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 async fn begin(pre: &InstancePre<HostState>, scope: Option<CallScope>, limits: &Limits) -> Result<Call, CallError> {
@@ -151,7 +153,7 @@ async fn begin(pre: &InstancePre<HostState>, scope: Option<CallScope>, limits: &
             return Err(call_err);
         }
     };
-    Ok(Call { store, instance, started, fuel_budget: limits.fuel, deadline: limits.deadline })
+    Ok(Call { store, instance, started, fuel_budget: limits.fuel, deadline: limits.deadline, _slot: None })
 }
 
 impl Call {
@@ -195,6 +197,48 @@ impl Call {
                 Err(e)
             }
         }
+    }
+}
+
+impl Runtime {
+    /// [`begin`] once the tenant has a free call slot
+    /// ([`Limits::tenant_concurrent_calls`]). Waiting counts against the
+    /// call's deadline: a tenant whose calls pile up gets `unavailable`
+    /// (retryable, not the plugin's fault) rather than other tenants' workers.
+    async fn begin_for_tenant(
+        &self,
+        pre: &InstancePre<HostState>,
+        scope: CallScope,
+        limits: &Limits,
+    ) -> Result<Call, CallError> {
+        let waited_from = Instant::now();
+        let unavailable = || CallError {
+            cause: FailureCause::Unavailable,
+            message: format!(
+                "this tenant already runs {} plugin calls at once; none finished within {} ms",
+                limits.tenant_concurrent_calls,
+                limits.deadline.as_millis()
+            ),
+            retryable: true,
+            stats: CallStats::default(),
+        };
+        let slot = match self.tenant_slots(&scope.tenant_id) {
+            None => None,
+            Some(slots) => match tokio::time::timeout(limits.deadline, slots.acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => return Err(unavailable()),
+            },
+        };
+        // The wait is part of the call's time: what is left of the deadline
+        // is what the plugin gets.
+        let left = limits.deadline.saturating_sub(waited_from.elapsed());
+        if left < Duration::from_millis(1) {
+            return Err(unavailable());
+        }
+        let limits = &Limits { deadline: left, ..limits.clone() };
+        let mut call = begin(pre, Some(scope), limits).await?;
+        call._slot = slot;
+        Ok(call)
     }
 }
 
@@ -367,7 +411,7 @@ impl Runtime {
         let indices = plugin.scorer.as_ref().ok_or_else(|| unsupported("scorer"))?;
         let limits = self.limits().clone();
         let ctx = call_context(&scope, invocation_id);
-        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let fut = guest.call_score(&mut call.store, &ctx, config, &input.contact, &input.events);
         let outcome = tokio::time::timeout(limits.deadline, fut).await;
@@ -405,7 +449,7 @@ impl Runtime {
         let limits = self.limits().clone();
         let ctx = call_context(&scope, invocation_id);
         let event = convert::event_to_wit(event);
-        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let fut = guest.call_on_event(&mut call.store, &ctx, config, &input.contact, &event, &input.events);
         let outcome = tokio::time::timeout(limits.deadline, fut).await;
@@ -429,7 +473,7 @@ impl Runtime {
         let indices = plugin.action.as_ref().ok_or_else(|| unsupported("action"))?;
         let limits = self.limits().clone();
         let ctx = call_context(&scope, invocation_id);
-        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let fut = guest.call_execute(&mut call.store, &ctx, config, input);
         let outcome = tokio::time::timeout(limits.deadline, fut).await;
@@ -453,7 +497,7 @@ impl Runtime {
         let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
         let limits = self.limits().clone();
         let ctx = call_context(&scope, invocation_id);
-        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let fut = guest.call_send(&mut call.store, &ctx, config, message);
         let outcome = tokio::time::timeout(limits.deadline, fut).await;
@@ -472,7 +516,7 @@ impl Runtime {
         let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
         let limits = self.limits().clone();
         let ctx = call_context(&scope, invocation_id);
-        let mut call = begin(&plugin.pre, Some(scope), &limits).await?;
+        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let fut = guest.call_parse_inbound(&mut call.store, &ctx, config, request);
         let outcome = tokio::time::timeout(limits.deadline, fut).await;

@@ -38,6 +38,13 @@ pub struct Limits {
     /// Calls a version on probation makes before its failure rate counts:
     /// one unlucky first call is not a trend.
     pub rollback_min_calls: u32,
+    /// Events per second a tenant may send (`POST /v1/events`) before it is
+    /// answered 429 with `Retry-After` (0: unlimited). Bursts of two
+    /// seconds' worth pass.
+    pub tenant_events_per_sec: u32,
+    /// Plugin calls of one tenant running at once; more wait for a slot
+    /// (up to the call's deadline), so one tenant cannot take every worker.
+    pub tenant_concurrent_calls: u32,
 }
 
 impl Default for Limits {
@@ -53,6 +60,8 @@ impl Default for Limits {
             probation: Duration::from_secs(300),
             rollback_failure_percent: 50,
             rollback_min_calls: 5,
+            tenant_events_per_sec: 20_000,
+            tenant_concurrent_calls: 16,
         }
     }
 }

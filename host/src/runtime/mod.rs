@@ -130,6 +130,8 @@ pub struct Runtime {
     limits: Limits,
     /// Outbound HTTP client and policy, shared by every call.
     pub egress: egress::Egress,
+    /// Call slots per tenant ([`Limits::tenant_concurrent_calls`]).
+    tenant_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -154,6 +156,7 @@ impl Runtime {
             cache,
             limits: settings.limits,
             egress: egress::Egress::new(settings.allow_private_network)?,
+            tenant_slots: Default::default(),
             _ticker: ticker,
         })
     }
@@ -161,6 +164,16 @@ impl Runtime {
     /// The default per-call limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// `tenant`'s call slots (`None`: no per-tenant limit).
+    pub(crate) fn tenant_slots(&self, tenant: &str) -> Option<Arc<tokio::sync::Semaphore>> {
+        let n = self.limits.tenant_concurrent_calls as usize;
+        if n == 0 {
+            return None;
+        }
+        let mut slots = self.tenant_slots.lock().ok()?;
+        Some(slots.entry(tenant.to_string()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n))).clone())
     }
 
     /// Compile (or load from cache), check imports and exports, and call
