@@ -21,6 +21,7 @@ pub mod events;
 pub mod installs;
 pub mod lifecycle;
 pub mod openapi;
+pub mod plain_errors;
 pub mod plugins;
 pub mod rate_limit;
 pub mod runs;
@@ -79,5 +80,7 @@ pub fn app(state: AppState) -> Router {
         // Uploads get their own, larger limit.
         .merge(plugins::routes().layer(DefaultBodyLimit::max(MAX_PLUGIN_BODY)))
         .fallback(|| async { error::ApiError::NotFound("route") })
+        // Outermost: axum's own plain-text rejections become JSON errors.
+        .layer(axum::middleware::map_response(plain_errors::as_json))
         .with_state(state)
 }
