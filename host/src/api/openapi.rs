@@ -9,6 +9,7 @@ fn error_responses() -> Value {
     json!({
         "400": {"$ref": "#/components/responses/Error"},
         "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
         "404": {"$ref": "#/components/responses/Error"},
         "413": {"$ref": "#/components/responses/Error"},
         "422": {"$ref": "#/components/responses/Error"},
@@ -39,32 +40,71 @@ fn op_optional_body(summary: &str, ok: &str, body: &str) -> Value {
     o
 }
 
+/// A DELETE: 204, or an error.
+fn delete_op(summary: &str) -> Value {
+    let mut responses = error_responses();
+    responses["204"] = json!({"description": "deleted"});
+    json!({"summary": summary, "security": [{"bearer": []}], "responses": responses})
+}
+
+/// `op` with query parameters `(name, type, required, description)`.
+fn with_query(mut o: Value, params: &[(&str, &str, bool, &str)]) -> Value {
+    o["parameters"] = params
+        .iter()
+        .map(|(name, ty, required, description)| {
+            json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": ty}})
+        })
+        .collect();
+    o
+}
+
+const LIMIT: (&str, &str, bool, &str) = ("limit", "integer", false, "page size (default 100, at most 1000)");
+const CURSOR: (&str, &str, bool, &str) = ("cursor", "string", false, "`next_cursor` of the previous page");
+
 fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
 
-fn crud(name: &str, create_schema: &str, patch_schema: &str) -> (Value, Value) {
+fn crud(name: &str, create_schema: &str, patch_schema: &str, filters: &[(&str, &str, bool, &str)]) -> (Value, Value) {
     let collection = json!({
-        "get": op(&format!("List {name}"), "200", None),
+        "get": with_query(op(&format!("List {name}"), "200", None), filters),
         "post": op(&format!("Create a {name} record"), "201", Some(create_schema)),
     });
     let item = json!({
         "parameters": id_param(),
         "get": op(&format!("Get a {name} record"), "200", None),
         "patch": op(&format!("Change a {name} record"), "200", Some(patch_schema)),
-        "delete": {"summary": format!("Delete a {name} record"), "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "404": {"$ref": "#/components/responses/Error"}}},
+        "delete": delete_op(&format!("Delete a {name} record")),
     });
     (collection, item)
 }
 
 /// The document.
 pub fn document() -> Value {
-    let parts = [
-        crud("contacts", "NewContact", "ContactPatch"),
-        crud("companies", "NewCompany", "CompanyPatch"),
-        crud("deals", "NewDeal", "DealPatch"),
-        crud("tasks", "NewTask", "TaskPatch"),
+    let contact_filters = [
+        ("email", "string", false, "exact email"),
+        ("tag", "string", false, "has this tag"),
+        ("lifecycle_stage", "string", false, "in this stage"),
+        ("owner", "string", false, "owned by"),
+        CURSOR,
+        LIMIT,
     ];
+    let crm_filters = [
+        ("stage", "string", false, "deals: in this stage"),
+        ("contact_id", "string", false, "of this contact"),
+        ("company_id", "string", false, "of this company"),
+        ("status", "string", false, "tasks: open or done"),
+        CURSOR,
+        LIMIT,
+    ];
+    let mut parts = [
+        crud("contacts", "NewContact", "ContactPatch", &contact_filters),
+        crud("companies", "NewCompany", "CompanyPatch", &crm_filters),
+        crud("deals", "NewDeal", "DealPatch", &crm_filters),
+        crud("tasks", "NewTask", "TaskPatch", &crm_filters),
+    ];
+    parts[3].0["post"]["responses"]["200"] =
+        json!({"description": "a task with this `idempotency_key` exists already: that task"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Cairn", "version": env!("CARGO_PKG_VERSION"),
@@ -79,11 +119,19 @@ pub fn document() -> Value {
 }
 
 fn schemas() -> Value {
-    let any_object = json!({"type": "object"});
     let mut all = core_schemas();
-    for name in ["NewCompany", "CompanyPatch", "NewDeal", "DealPatch"] {
-        all[name] = any_object.clone();
-    }
+    let nullable = |ty: &str| json!({"type": [ty, "null"]});
+    let properties = json!({"$ref": "#/components/schemas/Properties"});
+    all["NewCompany"] = json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+        "name": {"type": "string"}, "domain": {"type": "string"}, "properties": properties}});
+    all["CompanyPatch"] = json!({"type": "object", "additionalProperties": false, "properties": {
+        "name": {"type": "string"}, "domain": nullable("string"), "properties": properties}});
+    all["NewDeal"] = json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+        "name": {"type": "string"}, "stage": {"type": "string"}, "amount": {"type": "number"},
+        "contact_id": {"type": "string"}, "company_id": {"type": "string"}, "properties": properties}});
+    all["DealPatch"] = json!({"type": "object", "additionalProperties": false, "properties": {
+        "name": {"type": "string"}, "stage": {"type": "string"}, "amount": nullable("number"),
+        "contact_id": nullable("string"), "company_id": nullable("string"), "properties": properties}});
     all
 }
 
@@ -156,6 +204,24 @@ fn paths(parts: &[(Value, Value); 4]) -> Value {
     all
 }
 
+const ACTIVATE: (&str, &str, bool, &str) = ("activate", "boolean", false, "also make this version the active one");
+
+/// `POST /v1/plugins`: 200 for bytes already stored, 201 for new ones.
+fn upload_responses() -> Value {
+    let mut r = error_responses();
+    r["200"] = json!({"description": "these exact bytes were already stored under this version (same body as 201)"});
+    r["201"] = json!({"description": "stored with its describe() result, the WIT packages it was built against (`wit`), and what happened to installs that follow the plugin (`upgrades`)"});
+    r["409"] = json!({"$ref": "#/components/responses/Error"});
+    r
+}
+
+/// `POST /v1/installs/{id}/inbound`.
+fn inbound_responses() -> Value {
+    let mut r = error_responses();
+    r["202"] = json!({"description": "accepted, with accepted/rejected counts"});
+    r
+}
+
 fn endpoint_paths() -> Value {
     json!({
         "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, "503": {"$ref": "#/components/responses/Error"}}}},
@@ -165,43 +231,43 @@ fn endpoint_paths() -> Value {
             "post": op("Create a tenant and its first API key (admin key)", "201", Some("CreateTenant")),
             "get": op("List tenants (admin key)", "200", None),
         },
-        "/v1/contacts/{id}/timeline": {"parameters": id_param(), "get": op("A contact's events, scores, tasks, notes and plugin runs, newest first", "200", None)},
+        "/v1/contacts/{id}/timeline": {"parameters": id_param(), "get": with_query(op("A contact's events, scores, tasks, notes and plugin runs, newest first", "200", None), &[LIMIT])},
         "/v1/events": {
             "post": with_rate_limit(op("Ingest one event or a batch of up to 1000; 202 once durable; 429 with Retry-After past the tenant's events per second", "202", Some("Events"))),
-            "get": op("A contact's recent events (?contact_id=)", "200", None),
+            "get": with_query(op("A contact's recent events", "200", None), &[("contact_id", "string", true, "the contact"), ("kind", "string", false, "only this kind"), LIMIT]),
         },
         "/v1/plugins": {
             "post": {"summary": "Upload a plugin component (.wasm body); tenant key: private, admin key: catalog", "security": [{"bearer": []}],
                      "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
-                     "responses": {"200": {"description": "these exact bytes were already stored under this version (same body as 201)"}, "201": {"description": "stored with its describe() result, the WIT packages it was built against (`wit`), and what happened to installs that follow the plugin (`upgrades`)"}, "409": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}},
+                     "responses": upload_responses()},
             "get": op("Plugin versions visible to the tenant (its own and the catalog)", "200", None),
         },
         "/v1/plugins/{id}": {"parameters": id_param(), "get": op("A plugin version", "200", None)},
         "/v1/installs": {"get": op("List installs", "200", None), "post": op("Install a plugin version with config and grants", "201", Some("CreateInstall"))},
         "/v1/installs/{id}": {"parameters": id_param(), "get": op("An install with call statistics", "200", None),
             "patch": op("Upgrade or roll back the version, change config, grants or enabled", "200", Some("PatchInstall")),
-            "delete": {"summary": "Remove an install", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
-        "/v1/installs/{id}/history": {"parameters": id_param(), "get": op("The install's version changes, newest first: upgrades, rollbacks, automatic rollbacks and refused upgrades with reasons and self-test checks (?limit=)", "200", None)},
+            "delete": delete_op("Remove an install")},
+        "/v1/installs/{id}/history": {"parameters": id_param(), "get": with_query(op("The install's version changes, newest first: upgrades, rollbacks, automatic rollbacks and refused upgrades with reasons and self-test checks", "200", None), &[LIMIT])},
         "/v1/installs/{id}/rollback": {"parameters": id_param(), "post": op_optional_body("Go back to the version before the latest change, or to `plugin_version_id`", "200", "Rollback")},
-        "/v1/installs/{id}/inbound": {"parameters": id_param(), "post": {"summary": "A provider callback for a channel install; the plugin turns it into events (202 with accepted/rejected counts)", "security": [{"bearer": []}], "requestBody": {"content": {"*/*": {"schema": {}}}}, "responses": {"202": {"description": "accepted"}, "404": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}}},
-        "/v1/invocations": {"get": op("Recorded plugin calls, newest first, without inputs (?install_id=, ?contact_id=, ?ok=, ?limit=)", "200", None)},
+        "/v1/installs/{id}/inbound": {"parameters": id_param(), "post": {"summary": "A provider callback for a channel install; the plugin turns it into events (202 with accepted/rejected counts)", "security": [{"bearer": []}], "requestBody": {"content": {"*/*": {"schema": {}}}}, "responses": inbound_responses()}},
+        "/v1/invocations": {"get": with_query(op("Recorded plugin calls, newest first, without inputs", "200", None), &[("install_id", "string", false, "of this install"), ("contact_id", "string", false, "about this contact"), ("ok", "boolean", false, "only successes (true) or failures (false)"), LIMIT])},
         "/v1/invocations/{id}": {"parameters": id_param(), "get": op("A recorded plugin call with its input (`input`: a RecordedCall to replay with `cairn plugin replay`, null when not kept; `input_expired`, `input_dropped`)", "200", None)},
         "/v1/tenant": {"get": op("The caller's tenant and its settings", "200", None), "patch": op("Set the tenant's time zone (IANA name)", "200", Some("PatchTenant"))},
         "/v1/workflows": {"get": op("List workflows", "200", None),
-            "post": op("Save a workflow definition as version 1 (draft; ?activate=true to activate); 422 lists every problem with a JSON pointer", "201", Some("Workflow"))},
+            "post": with_query(op("Save a workflow definition as version 1 (a draft unless activated); 422 lists every problem with a JSON pointer", "201", Some("Workflow")), &[ACTIVATE])},
         "/v1/workflows/{id}": {"parameters": id_param(), "get": op("A workflow: its current definition, versions and run counts", "200", None),
-            "put": op("Save a new version (draft; ?activate=true to activate)", "201", Some("Workflow"))},
+            "put": with_query(op("Save a new version (a draft unless activated)", "201", Some("Workflow")), &[ACTIVATE])},
         "/v1/workflows/{id}/versions/{version}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "version", "in": "path", "required": true, "schema": {"type": "integer"}}],
             "get": op("One version's definition and status", "200", None)},
         "/v1/workflows/{id}/activate": {"parameters": id_param(), "post": op("Activate a version (default: the latest); runs in flight keep their version", "200", Some("Activate"))},
         "/v1/workflows/{id}/archive": {"parameters": id_param(), "post": op("Stop enrolling; runs in flight finish", "200", None)},
         "/v1/workflows/{id}/test": {"parameters": id_param(), "post": op("Dry run on a sample or existing contact: delays skipped, plugins in test mode, nothing kept; returns the path", "200", Some("DryRun"))},
-        "/v1/runs": {"get": op("Workflow runs, newest first (?workflow_id=, ?contact_id=, ?status=, ?cursor=, ?limit=)", "200", None)},
+        "/v1/runs": {"get": with_query(op("Workflow runs, newest first", "200", None), &[("workflow_id", "string", false, "of this workflow"), ("contact_id", "string", false, "of this contact"), ("status", "string", false, "waiting, running, completed, failed, exited or cancelled"), CURSOR, LIMIT])},
         "/v1/runs/{id}": {"parameters": id_param(), "get": op("A run with every step's input, output, error, attempts, duration and fuel", "200", None)},
         "/v1/runs/{id}/retry": {"parameters": id_param(), "post": op("Retry a failed run from the step that failed", "200", None)},
         "/v1/thresholds": {"get": op("Lifecycle score thresholds", "200", None)},
         "/v1/thresholds/{stage}": {"parameters": [{"name": "stage", "in": "path", "required": true, "schema": {"type": "string"}}],
             "put": op("Set the score at which contacts move to a stage", "200", Some("SetThreshold")),
-            "delete": {"summary": "Remove a threshold", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"$ref": "#/components/responses/Error"}}}},
+            "delete": delete_op("Remove a threshold")},
     })
 }
