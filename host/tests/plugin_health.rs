@@ -60,7 +60,16 @@ async fn a_scorer_that_keeps_trapping_is_disabled_with_its_reason_until_an_admin
     let (p50, p99) = (stats["latency_us"]["p50"].as_u64().unwrap(), stats["latency_us"]["p99"].as_u64().unwrap());
     assert!(p50 > 0 && p50 <= p99, "{stats}");
     assert!(stats["fuel_per_call"].as_u64().unwrap() > 0, "{stats}");
-    let metrics = reqwest::get(format!("{}/metrics", world.server.url())).await.unwrap().text().await.unwrap();
+    // Per-install series go to the admin key (and a tenant's key, for its own).
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", world.server.url()))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(&format!(
             "cairn_plugin_call_duration_seconds_bucket{{install=\"{rules}\",plugin=\"rules-scorer\",le=\"+Inf\"}}"

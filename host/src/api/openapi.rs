@@ -89,19 +89,25 @@ pub fn document() -> Value {
         CURSOR,
         LIMIT,
     ];
-    let crm_filters = [
-        ("stage", "string", false, "deals: in this stage"),
+    let company_filters = [CURSOR, LIMIT];
+    let deal_filters = [
+        ("stage", "string", false, "in this stage"),
         ("contact_id", "string", false, "of this contact"),
         ("company_id", "string", false, "of this company"),
-        ("status", "string", false, "tasks: open or done"),
+        CURSOR,
+        LIMIT,
+    ];
+    let task_filters = [
+        ("contact_id", "string", false, "about this contact"),
+        ("status", "string", false, "open or done"),
         CURSOR,
         LIMIT,
     ];
     let mut parts = [
         crud("contacts", "NewContact", "ContactPatch", &contact_filters),
-        crud("companies", "NewCompany", "CompanyPatch", &crm_filters),
-        crud("deals", "NewDeal", "DealPatch", &crm_filters),
-        crud("tasks", "NewTask", "TaskPatch", &crm_filters),
+        crud("companies", "NewCompany", "CompanyPatch", &company_filters),
+        crud("deals", "NewDeal", "DealPatch", &deal_filters),
+        crud("tasks", "NewTask", "TaskPatch", &task_filters),
     ];
     parts[3].0["post"]["responses"]["200"] =
         json!({"description": "a task with this `idempotency_key` exists already: that task"});
@@ -225,7 +231,9 @@ fn inbound_responses() -> Value {
 fn endpoint_paths() -> Value {
     json!({
         "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}, "503": {"$ref": "#/components/responses/Error"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain metrics"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics: aggregates without a key; per-install series for the admin key (all installs) or a tenant's key (its own)",
+            "security": [{}, {"bearer": []}],
+            "responses": {"200": {"description": "text/plain metrics"}, "401": {"$ref": "#/components/responses/Error"}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/v1/tenants": {
             "post": op("Create a tenant and its first API key (admin key)", "201", Some("CreateTenant")),

@@ -1,4 +1,9 @@
 //! `GET /healthz`, `GET /metrics` (Prometheus text), `GET /openapi.json`.
+//!
+//! `/metrics` answers without a key with the aggregate series; the per-install
+//! series (labelled with install ids and plugin names) go to the admin key for
+//! every install and to a tenant's key for its own: found leaking to anyone
+//! by the isolation suite (`tests/isolation.rs`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -12,6 +17,7 @@ use axum::{Json, Router};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::registry::stats::{CAUSES, LATENCY_BOUNDS_US};
+use crate::store::Principal;
 
 /// Routes of this module.
 pub fn routes() -> Router<AppState> {
@@ -27,8 +33,22 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
     Ok(Json(serde_json::json!({"status": "ok", "backend": state.store.backend()})))
 }
 
+/// Whose per-install series a `/metrics` request may see: the admin key
+/// sees every install, a tenant's key its own, no key none (the aggregate
+/// series only). Install ids and plugin names are the tenant's business.
+async fn metrics_scope(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .ok_or(ApiError::Unauthorized)?;
+    state.auth.principal(&state.store, key.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+}
+
 /// Prometheus text exposition.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    let scope = metrics_scope(&state, &headers).await?;
     let mut out = String::new();
     let p = &state.pipeline.stats;
     let _ = writeln!(out, "# HELP cairn_events_processed_total Events the pipeline finished.");
@@ -55,7 +75,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "cairn_plugins_loaded {}", state.registry.loaded_plugin_count());
     let _ = writeln!(out, "# HELP cairn_plugin_calls_total Plugin calls by install and result.");
     let _ = writeln!(out, "# TYPE cairn_plugin_calls_total counter");
-    let mut installs = state.registry.all();
+    let mut installs: Vec<_> = state
+        .registry
+        .all()
+        .into_iter()
+        .filter(|a| match &scope {
+            Some(Principal::Admin) => true,
+            Some(Principal::Tenant(t)) => &a.install.tenant_id == t,
+            None => false,
+        })
+        .collect();
     installs.sort_by(|a, b| a.id().cmp(b.id()));
     for a in &installs {
         let (id, plugin) = (a.id(), &a.plugin.description.name);
@@ -104,5 +133,5 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             s.consecutive_failures.load(Ordering::Relaxed)
         );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
