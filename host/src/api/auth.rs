@@ -47,7 +47,12 @@ impl AuthCache {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
+    bearer_key(&parts.headers)
+}
+
+/// The key of an `Authorization: Bearer …` header.
+pub(crate) fn bearer_key(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(axum::http::header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
     let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(ApiError::Unauthorized)?;
     Ok(key.trim())

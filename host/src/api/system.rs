@@ -37,13 +37,11 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
 /// sees every install, a tenant's key its own, no key none (the aggregate
 /// series only). Install ids and plugin names are the tenant's business.
 async fn metrics_scope(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<Principal>, ApiError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .ok_or(ApiError::Unauthorized)?;
-    state.auth.principal(&state.store, key.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return Ok(None);
+    }
+    let key = crate::api::auth::bearer_key(headers)?;
+    state.auth.principal(&state.store, key).await?.map(Some).ok_or(ApiError::Unauthorized)
 }
 
 /// Prometheus text exposition.

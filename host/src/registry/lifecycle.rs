@@ -170,6 +170,7 @@ impl Registry {
                     },
                 );
             }
+            self.probations_open.store(probations.len(), std::sync::atomic::Ordering::Relaxed);
         }
         self.refresh().await?;
         if let Some(active) = self.get(tenant, &current.id) {
@@ -271,11 +272,16 @@ impl Registry {
     /// Returns the reason to roll back when this call tipped the failure
     /// rate over the limit (the probation then ends, so one rollback only).
     pub(crate) fn probation_verdict(&self, active: &ActiveInstall, error: Option<&CallError>) -> Option<Probation> {
+        // Every call passes here; almost always nothing is on probation.
+        if self.probations_open.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return None;
+        }
         let limits = self.runtime.limits();
         let mut probations = self.probations.lock().ok()?;
         let p = probations.get_mut(active.id())?;
         if p.until <= Instant::now() {
             probations.remove(active.id());
+            self.probations_open.store(probations.len(), std::sync::atomic::Ordering::Relaxed);
             return None;
         }
         // A call that started on the old version and finished after the
@@ -291,7 +297,12 @@ impl Registry {
         let calls = p.ok + p.failed;
         let percent = u64::from(limits.rollback_failure_percent);
         let over = percent > 0 && calls >= u64::from(limits.rollback_min_calls) && p.failed * 100 > percent * calls;
-        if over { probations.remove(active.id()) } else { None }
+        if !over {
+            return None;
+        }
+        let ended = probations.remove(active.id());
+        self.probations_open.store(probations.len(), std::sync::atomic::Ordering::Relaxed);
+        ended
     }
 
     /// Roll `active` back to the version its probation replaced.

@@ -142,6 +142,8 @@ pub struct Registry {
     write_lock: tokio::sync::Mutex<()>,
     /// Versions on probation after an upgrade, by install.
     probations: lifecycle::Probations,
+    /// How many (kept equal to `probations.len()`): lets every call skip the lock.
+    probations_open: std::sync::atomic::AtomicUsize,
 }
 
 /// What an upload produced.
@@ -169,6 +171,7 @@ impl Registry {
             table: ArcSwap::from_pointee(InstallTable::default()),
             write_lock: tokio::sync::Mutex::new(()),
             probations: Default::default(),
+            probations_open: Default::default(),
         }
     }
 

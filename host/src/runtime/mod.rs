@@ -173,6 +173,10 @@ impl Runtime {
             return None;
         }
         let mut slots = self.tenant_slots.lock().ok()?;
+        // Every call passes here: look up before allocating a key.
+        if let Some(found) = slots.get(tenant) {
+            return Some(found.clone());
+        }
         Some(slots.entry(tenant.to_string()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n))).clone())
     }
 
