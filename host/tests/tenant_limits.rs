@@ -50,8 +50,16 @@ async fn a_tenant_over_its_event_rate_gets_429_with_retry_after_and_another_tena
             (0..1000).map(|i| json!({"email": format!("{tag}{}@example.com", i % 10), "kind": "ping"})).collect();
         json!({"events": events})
     };
-    // The burst allowance takes one full batch; the next event is over.
     let noisy = Client::new(&server.url(), &tenants[0]);
+    // A channel install, so the noisy tenant's provider callbacks can be
+    // tried against the same limit.
+    let plugins = noisy.ok(Method::GET, "/v1/plugins", None).await.unwrap();
+    let webhook = plugins["items"].as_array().unwrap().iter().find(|p| p["name"] == "webhook").unwrap()["id"].clone();
+    let config = json!({"url": "https://hooks.example.com/x", "secret": "0123456789abcdef0123"});
+    let body = json!({"plugin_version_id": webhook, "config": config, "grants": ["http:hooks.example.com"]});
+    let install = noisy.ok(Method::POST, "/v1/installs", Some(body)).await.unwrap();
+    let inbound = format!("/v1/installs/{}/inbound", install["id"].as_str().unwrap());
+    // The burst allowance takes one full batch; the next event is over.
     let (status, body) = noisy.call(Method::POST, "/v1/events", Some(batch("n"))).await.unwrap();
     assert_eq!(status, 202, "{body}");
     let response = reqwest::Client::new()
@@ -67,6 +75,11 @@ async fn a_tenant_over_its_event_rate_gets_429_with_retry_after_and_another_tena
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("more than 10 events per second"), "{body}");
+    // A provider callback is events too: refused before the plugin runs.
+    let callback = json!([{"event": "opened", "email": "n0@example.com"}]);
+    let (status, body) = noisy.call(Method::POST, &inbound, Some(callback)).await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     // The other tenant has its own allowance.
     let quiet = Client::new(&server.url(), &tenants[1]);
     let (status, body) = quiet.call(Method::POST, "/v1/events", Some(batch("q"))).await.unwrap();

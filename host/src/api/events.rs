@@ -53,16 +53,7 @@ async fn ingest(
         value @ Value::Object(_) => vec![parse_event(value, None)?],
         _ => return Err(ApiError::invalid("expected an event object or {\"events\": [...]}")),
     };
-    if let Err(wait) = state.rate_limit.check(&tenant, events.len()) {
-        let retry_after_secs = wait.as_secs() + 1;
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "this tenant sends more than {} events per second; retry in {retry_after_secs} s",
-                state.rate_limit.rate()
-            ),
-            retry_after_secs,
-        });
-    }
+    state.rate_limit.admit(&tenant, events.len())?;
     let stored = state.intake.submit(&tenant, events).await.map_err(intake_error)?;
     let ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": ids.len(), "ids": ids}))))

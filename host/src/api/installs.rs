@@ -53,6 +53,7 @@ async fn inbound(
     if !active.is(crate::runtime::Kind::Channel) {
         return Err(ApiError::invalid("this install is not a channel"));
     }
+    state.rate_limit.admit(&tenant, 1)?;
     let request = crate::runtime::bindings::guest::channel::InboundRequest {
         path: String::new(),
         headers: headers
@@ -119,6 +120,8 @@ async fn inbound(
             idempotency_key: None,
         });
     }
+    // The first event was paid for before the parse.
+    state.rate_limit.admit(&tenant, events.len().saturating_sub(1))?;
     let accepted = if events.is_empty() {
         0
     } else {

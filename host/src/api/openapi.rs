@@ -225,6 +225,7 @@ fn upload_responses() -> Value {
 fn inbound_responses() -> Value {
     let mut r = error_responses();
     r["202"] = json!({"description": "accepted, with accepted/rejected counts"});
+    r["429"] = json!({"$ref": "#/components/responses/Error"});
     r
 }
 

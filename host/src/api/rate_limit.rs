@@ -2,6 +2,10 @@
 //! flood is answered `429 Too Many Requests` with `Retry-After` instead of
 //! filling the queue every tenant's events wait in.
 //!
+//! Channel callbacks (`POST /v1/installs/{id}/inbound`) draw on the same
+//! bucket: one token before the plugin parses the callback (the parse is the
+//! cost a flood would impose), and one per further event it yields.
+//!
 //! The bucket holds two seconds of the rate (at least one full batch), so
 //! bursts pass and a steady rate above the limit does not. In memory, per
 //! process: with several nodes each enforces its own share.
@@ -9,6 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::api::error::ApiError;
 
 /// One tenant's bucket.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +57,21 @@ impl TenantRateLimiter {
         } else {
             Err(Duration::from_secs_f64((wanted - bucket.tokens) / self.rate))
         }
+    }
+
+    /// [`check`](Self::check) as the API answers it: `429` with
+    /// `Retry-After` when `n` more events do not fit.
+    pub fn admit(&self, tenant: &str, n: usize) -> Result<(), ApiError> {
+        self.check(tenant, n).map_err(|wait| {
+            let retry_after_secs = wait.as_secs() + 1;
+            ApiError::TooManyRequests {
+                message: format!(
+                    "this tenant sends more than {} events per second; retry in {retry_after_secs} s",
+                    self.rate()
+                ),
+                retry_after_secs,
+            }
+        })
     }
 
     /// The configured rate, events per second (0: unlimited).

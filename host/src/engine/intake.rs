@@ -84,6 +84,12 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, committed: Arc<No
                 for pending in batch.drain(..) {
                     let _ = pending.reply.send(Err(IntakeError::Unavailable(msg.clone())));
                 }
+                // Requests that queued while this commit waited for the
+                // database would wait as long again for the next one: answer
+                // them now, so no client waits more than one attempt.
+                while let Ok(pending) = rx.try_recv() {
+                    let _ = pending.reply.send(Err(IntakeError::Unavailable(msg.clone())));
+                }
             }
         }
         committed.notify_one();

@@ -108,6 +108,11 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 const SQLITE_CONNECTIONS: u32 = 8;
 /// Connections per PostgreSQL pool, per host process.
 const POSTGRES_CONNECTIONS: u32 = 16;
+/// How long a query waits for a PostgreSQL connection before failing as
+/// "unavailable" (the API's 503). The pool's default, 30 s, is how long a
+/// client would hang while the server restarts: the pool keeps retrying the
+/// refused connection until then.
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a SQLite connection waits for the write lock before failing with
 /// "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -238,7 +243,13 @@ impl Store {
         sqlx::any::install_default_drivers();
         match Backend::detect(url) {
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
+                // Connections are tested before use (the pool's default), so the ones
+                // a restarted server dropped are replaced, not handed out.
+                let pool = AnyPoolOptions::new()
+                    .max_connections(POSTGRES_CONNECTIONS)
+                    .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
+                    .connect(url)
+                    .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 Ok(Store {
                     pool,
