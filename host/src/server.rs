@@ -19,7 +19,7 @@ use crate::engine::workflows::Workflows;
 use crate::engine::{Clock, Intake, Pipeline};
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeSettings};
-use crate::store::{Principal, Store, StoreError};
+use crate::store::{Principal, SqliteOwner, Store, StoreError};
 
 /// How long recorded plugin-call inputs are kept by default: a week is long
 /// enough to notice a failure and replay it, short enough that the customer
@@ -93,6 +93,8 @@ pub struct Server {
     /// How long start-up took.
     pub startup: std::time::Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held while serving a SQLite file, so a second server is refused.
+    _sqlite_owner: Option<SqliteOwner>,
 }
 
 impl Server {
@@ -124,6 +126,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
 pub async fn start_with_retention(config: ServerConfig, retention: InputRetention) -> anyhow::Result<Server> {
     let began = Instant::now();
     let store = Store::open(&config.database_url).await.with_context(|| "opening the database")?;
+    let sqlite_owner = store.take_ownership().await?;
     // One clock for everything the store stamps and the engine schedules.
     let store = store.with_clock(config.clock.clone());
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
@@ -168,7 +171,7 @@ pub async fn start_with_retention(config: ServerConfig, retention: InputRetentio
             tracing::error!("server stopped: {e}");
         }
     }));
-    Ok(Server { addr, state, generated_admin_key, startup: began.elapsed(), tasks })
+    Ok(Server { addr, state, generated_admin_key, startup: began.elapsed(), tasks, _sqlite_owner: sqlite_owner })
 }
 
 /// Erase the inputs of recorded calls older than `keep` by the store's

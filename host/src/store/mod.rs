@@ -59,6 +59,7 @@ mod error;
 mod events;
 mod install_history;
 mod invocations;
+mod ownership;
 mod plugins;
 mod runs;
 mod sql;
@@ -94,6 +95,7 @@ pub use invocations::{
     InputStatus, InvocationCounts, InvocationFilter, InvocationRecord, MAX_ERROR_MESSAGE, MAX_INPUT_JSON,
     MAX_OUTPUT_JSON,
 };
+pub use ownership::SqliteOwner;
 pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
 pub use runs::{EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep};
 pub use tenants::{KEY_PREFIX, MAX_TIME_ZONE, Principal, Tenant};
@@ -295,24 +297,15 @@ impl Store {
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
         let checkpointer = (!in_memory).then(|| Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone())))));
-        let store = Store {
+        // Claims left by a previous run are released by the serving process
+        // once it holds the file (`take_ownership`), not by every opener.
+        Ok(Store {
             pool,
             backend: Backend::Sqlite,
             clock: Clock::System,
             _checkpointer: checkpointer,
             write_gate: Some(Arc::default()),
-        };
-        // One process owns a SQLite file, so claims left by a previous run of
-        // this process are stale: make those events, runs and schedules
-        // claimable right away.
-        for stale in [
-            "UPDATE events SET lease_until = NULL WHERE processed = 0 AND lease_until IS NOT NULL",
-            "UPDATE workflow_runs SET lease_until = NULL WHERE status = 'waiting' AND lease_until IS NOT NULL",
-            "UPDATE workflows SET schedule_lease_until = NULL WHERE schedule_lease_until IS NOT NULL",
-        ] {
-            sqlx::query(stale).execute(&store.pool).await?;
-        }
-        Ok(store)
+        })
     }
 
     /// This store with `clock` as its business time (for a manual clock in
