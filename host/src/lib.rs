@@ -12,6 +12,7 @@
 //! - [`engine`]: durable intake (group commit), the event pipeline, workflows.
 //! - [`api`]: the HTTP API (axum).
 //! - [`server`]: wiring all of it into a running server.
+//! - [`cluster`]: several servers on one PostgreSQL database, told of each other's changes.
 //! - [`catalog`]: the prebuilt plugins embedded in the binary.
 //! - [`demo`], [`mod@bench`]: `cairn demo` and `cairn bench`.
 //! - [`devtools`]: `cairn plugin new|build|test|push|replay`.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod demo;
 pub mod devtools;
 pub mod engine;

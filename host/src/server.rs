@@ -1,6 +1,7 @@
-//! Wiring: open the store, build the runtime and registry, load the
-//! catalog and installs, start intake, pipeline and workflow runner and the
-//! retention of recorded plugin-call inputs, serve HTTP.
+//! Wiring: open the store (and, on SQLite, become the file's one serving
+//! process), build the runtime and registry, load the catalog and installs,
+//! start intake, pipeline and workflow runner and the retention of recorded
+//! plugin-call inputs, join the other nodes on PostgreSQL, serve HTTP.
 //!
 //! [`start`] is what `cairn serve`, `cairn demo`, the end-to-end tests and
 //! the benchmark all use, so they exercise the same server;
@@ -15,6 +16,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::cluster::Node;
 use crate::engine::workflows::Workflows;
 use crate::engine::{Clock, Intake, Pipeline};
 use crate::registry::Registry;
@@ -135,7 +137,7 @@ pub async fn start_with_retention(config: ServerConfig, retention: InputRetentio
     for (name, bytes) in crate::catalog::PREBUILT {
         registry.upload(None, bytes.to_vec()).await.with_context(|| format!("loading prebuilt plugin {name}"))?;
     }
-    registry.refresh().await.context("loading installs")?;
+    registry.rebuild().await.context("loading installs")?;
     registry.forget_unused();
 
     let generated_admin_key = match &config.admin_key {
@@ -161,7 +163,10 @@ pub async fn start_with_retention(config: ServerConfig, retention: InputRetentio
         config.runtime.limits.tenant_events_per_sec,
         crate::api::events::MAX_BATCH,
     ));
-    let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default(), rate_limit };
+    let mut node = Node::new(registry.clone(), workflows.clone(), pipeline.clone());
+    tasks.extend(Node::join(&mut node, &store, &config.database_url).await.context("joining the cluster")?);
+    let node = Arc::new(node);
+    let state = AppState { store, registry, intake, pipeline, workflows, auth: Arc::default(), rate_limit, node };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;

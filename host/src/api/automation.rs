@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::auth::TenantAuth;
 use crate::api::error::{ApiError, ApiJson};
+use crate::cluster::Change;
 use crate::engine::pipeline::STAGES;
 
 /// Routes of this module.
@@ -49,7 +50,7 @@ async fn set_threshold(
         return Err(ApiError::invalid("min_score must be a finite number"));
     }
     let threshold = state.store.set_lifecycle_threshold(&tenant, &stage, body.min_score).await?;
-    state.pipeline.automation().invalidate(&tenant);
+    state.node.changed(Change::Automation { tenant: tenant.clone() });
     Ok(Json(json!(threshold)))
 }
 
@@ -58,10 +59,7 @@ async fn delete_threshold(
     State(state): State<AppState>,
     Path(stage): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.pipeline.automation().invalidate(&tenant);
-    if state.store.delete_lifecycle_threshold(&tenant, &stage).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("threshold"))
-    }
+    let deleted = state.store.delete_lifecycle_threshold(&tenant, &stage).await?;
+    state.node.changed(Change::Automation { tenant: tenant.clone() });
+    if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound("threshold")) }
 }

@@ -61,6 +61,9 @@ pub struct AppState {
     pub auth: Arc<auth::AuthCache>,
     /// Events per second per tenant.
     pub rate_limit: Arc<rate_limit::TenantRateLimiter>,
+    /// This process in the cluster: changes other nodes must hear of go
+    /// through it.
+    pub node: Arc<crate::cluster::Node>,
 }
 
 /// The API router.

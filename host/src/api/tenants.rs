@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::auth::{AdminAuth, TenantAuth};
 use crate::api::error::{ApiError, ApiJson};
+use crate::cluster::Change;
 use crate::engine::workflows::time;
 use crate::store::Principal;
 
@@ -72,6 +73,6 @@ async fn patch_own(
 ) -> Result<Json<Value>, ApiError> {
     time::parse_time_zone(&body.time_zone).map_err(|m| ApiError::invalid(format!("time_zone: {m}")))?;
     state.store.set_tenant_time_zone(&tenant, &body.time_zone).await?;
-    state.workflows.invalidate_zone(&tenant);
+    state.node.changed(Change::TimeZone { tenant: tenant.clone() });
     fetch_own(TenantAuth(tenant), State(state)).await
 }

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::auth::TenantAuth;
 use crate::api::error::{ApiError, ApiJson, FieldError};
+use crate::cluster::Change;
 use crate::engine::workflows::definition::{self, Definition, Problem, Trigger};
 use crate::engine::workflows::dry_run::{DryRunError, DryRunRequest};
 use crate::engine::workflows::{time, validate};
@@ -188,7 +189,7 @@ async fn activate_version(state: &AppState, tenant: &str, id: &str, version: i64
         .activate_workflow_version(tenant, id, version, next_fire_at)
         .await?
         .ok_or(ApiError::NotFound("version"))?;
-    state.workflows.invalidate(tenant);
+    state.node.changed(Change::Workflows { tenant: tenant.to_string() });
     Ok(workflow)
 }
 
@@ -198,7 +199,7 @@ async fn archive(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let workflow = state.store.archive_workflow(&tenant, &id).await?.ok_or(ApiError::NotFound("workflow"))?;
-    state.workflows.invalidate(&tenant);
+    state.node.changed(Change::Workflows { tenant: tenant.clone() });
     Ok(Json(json!({"workflow": workflow})))
 }
 

@@ -144,6 +144,9 @@ pub struct Registry {
     probations: lifecycle::Probations,
     /// How many (kept equal to `probations.len()`): lets every call skip the lock.
     probations_open: std::sync::atomic::AtomicUsize,
+    /// Bumped after every rebuild caused by a change made in this process,
+    /// so other nodes can be told ([`crate::cluster`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What an upload produced.
@@ -172,7 +175,14 @@ impl Registry {
             write_lock: tokio::sync::Mutex::new(()),
             probations: Default::default(),
             probations_open: Default::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Notified after each rebuild of the live table that a change made in
+    /// this process caused (not after [`Registry::rebuild`] alone).
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The runtime.
@@ -330,9 +340,18 @@ impl Registry {
         Ok(removed)
     }
 
-    /// Rebuild the live table from the store (at start and after changes).
-    /// Plugins already loaded are reused by hash, so this compiles only new code.
+    /// Rebuild the live table after a change made in this process, and tell
+    /// whoever follows the changes (the other nodes of a cluster).
     pub async fn refresh(&self) -> Result<(), RegistryError> {
+        self.rebuild().await?;
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Rebuild the live table from the store (at start, and when another
+    /// node changed installs). Plugins already loaded are reused by hash, so
+    /// this compiles only new code.
+    pub async fn rebuild(&self) -> Result<(), RegistryError> {
         let _guard = self.write_lock.lock().await;
         let installs = self.store.list_all_enabled_installs().await?;
         let old = self.table.load_full();
