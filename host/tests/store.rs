@@ -14,9 +14,9 @@ use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
-    ContactFilter, ContactPatch, InputStatus, InstallPatch, InvocationFilter, InvocationRecord, MAX_INPUT_JSON,
-    NewCompany, NewContact, NewDeal, NewEvent, NewInstall, NewTask, Principal, Properties, Store, StoreError,
-    TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
+    ContactFilter, ContactPatch, ContactUpdate, InputStatus, InstallPatch, InvocationFilter, InvocationRecord,
+    MAX_INPUT_JSON, NewCompany, NewContact, NewDeal, NewEvent, NewInstall, NewTask, Principal, Properties, Store,
+    StoreError, TaskFilter, TaskPatch, TimelineEntry, Value, new_id, now_ms,
 };
 use sqlx::Row;
 
@@ -36,6 +36,7 @@ on_both_backends!(
     a_bad_request_in_a_group_commit_fails_alone,
     claimed_events_are_not_claimed_again_until_released_or_expired,
     concurrent_claims_get_disjoint_events,
+    a_batch_finished_twice_lands_once,
     concurrent_requests_with_one_key_store_one_event,
     recent_and_counted_events_respect_kind_time_and_tenant,
     the_timeline_merges_a_contacts_history_newest_first,
@@ -583,6 +584,36 @@ async fn concurrent_claims_get_disjoint_events(store: Store) -> anyhow::Result<(
         }
     }
     assert_eq!(total, 200);
+    Ok(())
+}
+
+/// Two nodes finishing the same events (one's claim outlived its lease):
+/// the second finish is refused whole, so its score never lands.
+async fn a_batch_finished_twice_lands_once(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let id = contact(&store, &t, "ann@example.com").await?;
+    settle(&store).await?;
+    store.insert_events(&t, vec![event(&id, "page_viewed"), event(&id, "clicked")]).await?;
+    let ids: Vec<String> = store.claim_unprocessed_events(10).await?.into_iter().map(|(_, e)| e.id).collect();
+    assert_eq!(ids.len(), 2);
+    let scored = |score: f64| ContactUpdate {
+        tenant_id: t.clone(),
+        contact_id: id.clone(),
+        last_activity_at: None,
+        score: Some((0.0, score, vec![format!("scored {score}")])),
+        stage_change: None,
+        enrollments: Vec::new(),
+    };
+    store.finish_batch(&[scored(10.0)], &ids).await?;
+    let again = store.finish_batch(&[scored(99.0)], &ids).await;
+    assert!(matches!(again, Err(StoreError::ClaimLost(2))), "{again:?}");
+    let contact = store.get_contact(&t, &id).await?.context("the contact")?;
+    assert_eq!(contact.score, 10.0, "the discarded batch wrote nothing");
+    // Events gone with their contact are not a lost claim.
+    store.insert_events(&t, vec![event(&id, "opened")]).await?;
+    let ids: Vec<String> = store.claim_unprocessed_events(10).await?.into_iter().map(|(_, e)| e.id).collect();
+    assert!(store.delete_contact(&t, &id).await?);
+    store.finish_batch(&[], &ids).await?;
     Ok(())
 }
 

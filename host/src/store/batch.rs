@@ -168,6 +168,33 @@ impl Store {
     ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
         let at = self.now();
         let mut tx = self.begin_write().await?;
+        // First, so that on PostgreSQL two nodes finishing the same events
+        // (a claim that outlived its lease) queue on the rows' locks and the
+        // second finds them processed: it rolls back, and every event's
+        // effects land once.
+        for chunk in processed.chunks(MAX_IN_LIST) {
+            let mut p = Params::new(self.backend);
+            let list = p.list(chunk.len());
+            let sql =
+                format!("UPDATE events SET processed = 1, lease_until = NULL WHERE id IN ({list}) AND processed = 0");
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            let marked = q.execute(&mut *tx).await?.rows_affected();
+            if marked < chunk.len() as u64 {
+                // Fewer than claimed: deleted with their contact, or taken.
+                let sql = format!("SELECT COUNT(*) FROM events WHERE id IN ({list})");
+                let mut q = sqlx::query_scalar::<_, i64>(&sql);
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                let existing = u64::try_from(q.fetch_one(&mut *tx).await?).unwrap_or(0);
+                if marked < existing {
+                    return Err(StoreError::ClaimLost(existing - marked));
+                }
+            }
+        }
         for u in updates {
             if let Some(t) = u.last_activity_at {
                 sqlx::query(
@@ -231,16 +258,6 @@ impl Store {
                 change.at,
             )
             .await?;
-        }
-        for chunk in processed.chunks(MAX_IN_LIST) {
-            let mut p = Params::new(self.backend);
-            let sql =
-                format!("UPDATE events SET processed = 1, lease_until = NULL WHERE id IN ({})", p.list(chunk.len()));
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await?;
         }
         let mut outcomes = Vec::new();
         for e in updates.iter().flat_map(|u| &u.enrollments) {

@@ -42,6 +42,11 @@ pub enum StoreError {
         /// Plugin version.
         version: String,
     },
+    /// Some events of a batch were processed by another node meanwhile (its
+    /// claim outlived the lease and the events were claimed again): the
+    /// batch's transaction was rolled back, so each event counts once.
+    #[error("{0} events of this batch were already processed by another node; the batch was discarded")]
+    ClaimLost(u64),
     /// The database URL names no supported backend.
     #[error("unsupported database URL `{0}`: use a SQLite file path, sqlite:..., or postgres://...")]
     UnsupportedUrl(String),
