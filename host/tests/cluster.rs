@@ -99,6 +99,11 @@ async fn installs_upgrades_rollbacks_and_removals_made_on_one_node_reach_the_oth
         delays.push(seen("an upgrade", || running(other, &tenant, &id).as_deref() == Some("2.0.0")).await);
     }
 
+    // Each node says what it runs.
+    let on_three = Client::new(&three.url(), created["api_key"].as_str().unwrap());
+    let seen_by_three = on_three.ok(Method::GET, &path, None).await.unwrap();
+    assert_eq!(seen_by_three["running_version_id"], v2["id"], "{seen_by_three}");
+
     client.ok(Method::POST, &format!("{path}/rollback"), Some(json!({}))).await.unwrap();
     for other in [&two, &three] {
         delays.push(seen("a rollback", || running(other, &tenant, &id).as_deref() == Some("1.0.0")).await);

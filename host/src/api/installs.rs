@@ -240,7 +240,11 @@ pub struct PatchInstall {
 }
 
 fn install_json(state: &AppState, install: &Install) -> Value {
-    let stats = state.registry.get(&install.tenant_id, &install.id).map(|a| a.stats.snapshot());
+    let active = state.registry.get(&install.tenant_id, &install.id);
+    let stats = active.as_ref().map(|a| a.stats.snapshot());
+    // What this node has loaded: equal to `plugin_version_id` once a change
+    // made on another node has reached this one (null while disabled).
+    let running = active.as_ref().map(|a| a.install.plugin_version_id.clone());
     json!({
         "id": install.id,
         "plugin_version_id": install.plugin_version_id,
@@ -254,6 +258,7 @@ fn install_json(state: &AppState, install: &Install) -> Value {
         "plugin_version": install.plugin_version,
         "created_at": install.created_at,
         "stats": stats,
+        "running_version_id": running,
     })
 }
 
