@@ -46,6 +46,12 @@ pub enum Change {
     /// Installs: created, reconfigured, upgraded, rolled back, disabled or
     /// removed (the whole table is rebuilt from the store).
     Installs,
+    /// A plugin version was uploaded: the other nodes compile it ahead of
+    /// time (into their compile cache), so an upgrade to it only swaps tables.
+    Plugin {
+        /// The component's content hash.
+        hash: String,
+    },
     /// A tenant's workflows: activated or archived.
     Workflows {
         /// The tenant.
@@ -99,8 +105,9 @@ impl Node {
     /// Drop or reload what `change` touched, in this process only.
     fn apply(&self, change: &Change) {
         match change {
-            // Rebuilt by the registry itself when the change is local.
-            Change::Installs => {}
+            // Rebuilt by the registry itself when the change is local; the
+            // uploading node compiled the plugin already.
+            Change::Installs | Change::Plugin { .. } => {}
             Change::Workflows { tenant } => self.workflows.invalidate(tenant),
             Change::Automation { tenant } => self.pipeline.automation().invalidate(tenant),
             Change::TimeZone { tenant } => self.workflows.invalidate_zone(tenant),
@@ -114,6 +121,15 @@ impl Node {
                 if let Err(e) = self.registry.rebuild().await {
                     tracing::warn!("rebuilding installs after another node's change failed: {e}");
                 }
+            }
+            Change::Plugin { hash } => {
+                // In the background: the listener goes on with the next change.
+                let (registry, hash) = (self.registry.clone(), hash.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = registry.warm(&hash).await {
+                        tracing::warn!("compiling an uploaded plugin ahead of time failed: {e}");
+                    }
+                });
             }
             other => self.apply(other),
         }

@@ -15,6 +15,9 @@
 //! test in this binary that touches PostgreSQL (cargo runs test binaries one
 //! at a time), and a guard starts the cluster again even when it fails.
 
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;

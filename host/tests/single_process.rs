@@ -3,6 +3,9 @@
 //! what to do, the first keeps serving, and once it stops the file can be
 //! served again. PostgreSQL takes several servers on one database.
 
+// Tests fail loudly on purpose: a panic is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 
 use cairn::clock::Clock;

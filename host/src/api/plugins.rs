@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 use crate::api::auth::{AnyAuth, TenantAuth};
 use crate::api::error::ApiError;
+use crate::cluster::Change;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{PluginVersion, Principal};
 
@@ -77,6 +78,11 @@ async fn upload(
         Principal::Tenant(t) => Some(t.as_str()),
     };
     let uploaded = state.registry.upload(tenant, body.to_vec()).await?;
+    if uploaded.created {
+        // The other nodes compile it now, so an upgrade to it later only
+        // swaps their install tables.
+        state.node.changed(Change::Plugin { hash: uploaded.version.hash.clone() });
+    }
     let mut json = version_json(&uploaded.version);
     // Installs that follow this plugin (auto-upgrade): which moved, which
     // stayed and why (a failed health check).

@@ -214,6 +214,18 @@ impl Registry {
         Ok(self.load_bytes(bytes).await?)
     }
 
+    /// Compile the stored component `hash` into the on-disk compile cache
+    /// without keeping it in memory (another node uploaded it; an install
+    /// that moves to it later loads it from the cache in milliseconds).
+    pub async fn warm(&self, hash: &str) -> Result<(), RegistryError> {
+        if self.cached(hash).is_some() {
+            return Ok(());
+        }
+        let bytes = self.store.plugin_bytes(hash).await?.ok_or(RegistryError::NotFound("plugin bytes"))?;
+        self.runtime.load(Arc::new(bytes)).await?;
+        Ok(())
+    }
+
     /// Check and store a component. `tenant` is `None` for the prebuilt catalog.
     pub async fn upload(&self, tenant: Option<&str>, bytes: Vec<u8>) -> Result<Uploaded, RegistryError> {
         let plugin = self.load_bytes(bytes.clone()).await?;
