@@ -36,6 +36,16 @@ enum Command {
         /// Only the hot-swap figure (p99 event latency during swaps vs steady).
         #[arg(long, conflicts_with = "workflows_only")]
         swap_only: bool,
+        /// Only the noisy-neighbour figure (a tenant's p99 latency while
+        /// another tenant's plugins run away, against alone).
+        #[arg(long, conflicts_with_all = ["workflows_only", "swap_only"])]
+        noisy_only: bool,
+        /// Only the cluster figure: events/s with 1, 2 and 3 `cairn serve`
+        /// nodes on one database. Needs PostgreSQL (CAIRN_TEST_POSTGRES_URL,
+        /// default postgres://postgres@127.0.0.1:5432/postgres); not part of
+        /// the full run.
+        #[arg(long, conflicts_with_all = ["workflows_only", "swap_only", "noisy_only"])]
+        cluster_only: bool,
     },
     /// Manage tenants directly on a database.
     Tenant {
@@ -103,6 +113,11 @@ struct ServeArgs {
     /// Calls a version on probation makes before its failure rate counts.
     #[arg(long, default_value_t = 5)]
     rollback_min_calls: u32,
+    /// How long a node's claim on work (events, a run's step, a schedule)
+    /// lasts, seconds: how soon another node resumes the work of one that
+    /// died. At least 4 × --deadline-ms.
+    #[arg(long, default_value_t = 60)]
+    claim_lease_secs: u64,
     /// How long recorded plugin-call inputs are kept for replay, hours.
     #[arg(long, env = "CAIRN_INVOCATION_RETENTION_HOURS", default_value_t = 168)]
     invocation_retention_hours: u64,
@@ -125,8 +140,16 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
-            Command::Bench { quick, workflows_only, swap_only } => {
-                cairn::bench::run(quick, workflows_only, swap_only).await
+            Command::Bench { quick, cluster_only: true, .. } => cairn::bench::cluster::run(quick).await,
+            Command::Bench { quick, workflows_only, swap_only, noisy_only, cluster_only: false } => {
+                use cairn::bench::Only;
+                let only = match (workflows_only, swap_only, noisy_only) {
+                    (true, _, _) => Only::Workflows,
+                    (_, true, _) => Only::Swap,
+                    (_, _, true) => Only::Noisy,
+                    _ => Only::All,
+                };
+                cairn::bench::run(quick, only).await
             }
             Command::Tenant { command: TenantCommand::Create { name, db } } => {
                 let store = cairn::store::Store::open(db.as_deref().unwrap_or("sqlite://cairn.db")).await?;
@@ -142,6 +165,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    if args.claim_lease_secs.saturating_mul(1000) < args.deadline_ms.saturating_mul(4) {
+        anyhow::bail!(
+            "--claim-lease-secs {} is too short for --deadline-ms {}: a step still running could be claimed again \
+             by another node; use at least {} s",
+            args.claim_lease_secs,
+            args.deadline_ms,
+            (args.deadline_ms * 4).div_ceil(1000)
+        );
+    }
     let mut config = ServerConfig::in_dir(args.data_dir.clone());
     if let Some(db) = args.db {
         config.database_url = db;
@@ -159,6 +191,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rollback_min_calls: args.rollback_min_calls,
             tenant_events_per_sec: args.tenant_events_per_sec,
             tenant_concurrent_calls: args.tenant_concurrent_calls,
+            claim_lease: Duration::from_secs(args.claim_lease_secs),
             ..Limits::default()
         },
         allow_private_network: args.allow_private_network,

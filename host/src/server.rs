@@ -130,7 +130,7 @@ pub async fn start_with_retention(config: ServerConfig, retention: InputRetentio
     let store = Store::open(&config.database_url).await.with_context(|| "opening the database")?;
     let sqlite_owner = store.take_ownership().await?;
     // One clock for everything the store stamps and the engine schedules.
-    let store = store.with_clock(config.clock.clone());
+    let store = store.with_clock(config.clock.clone()).with_claim_lease(config.runtime.limits.claim_lease);
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
     let registry = Arc::new(Registry::new(runtime, store.clone()));
 

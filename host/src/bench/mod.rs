@@ -10,14 +10,22 @@
 //!   answered 202 (each durable), and the processing rate behind them.
 //! - `hot_swap` ([`hot_swap`]): p99 event latency while an install swaps
 //!   versions, against steady state.
+//! - `noisy_neighbour` ([`noisy`]): a tenant's p99 event latency (event
+//!   posted → its workflow's webhook received) while another tenant floods
+//!   runaway plugins, against the same load alone.
 //! - `startup_50`: server start with 50 installs from the compiled cache.
 //! - `idle_rss`: resident memory of a fresh `cairn serve` child with 50
 //!   installs, idle.
+//! - `cluster` ([`cluster`], `--cluster-only`, not in the full run: it needs
+//!   PostgreSQL): events/s with 1, 2 and 3 `cairn serve` nodes on one
+//!   database, and where the CPU went.
 //!
 //! The load generator runs in this process, on the same two cores as the
 //! server: figures are a floor for what a separate client would see.
 
+pub mod cluster;
 pub mod hot_swap;
+pub mod noisy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -124,15 +132,32 @@ where
     result
 }
 
-/// Run every benchmark (or only the workflow engine's, or only the hot swap).
-pub async fn run(quick: bool, workflows_only: bool, swap_only: bool) -> anyhow::Result<()> {
-    if swap_only {
-        return in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await;
-    }
-    if !workflows_only {
-        plugin_call(if quick { 500 } else { 5000 }).await?;
-        in_fresh_dir("pipeline", |dir| async move { pipeline_and_http(&dir, quick).await }).await?;
-        in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await?;
+/// Which benchmarks [`run`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Only {
+    /// Every benchmark.
+    #[default]
+    All,
+    /// The workflow engine's figure.
+    Workflows,
+    /// The hot swap.
+    Swap,
+    /// The noisy neighbour.
+    Noisy,
+}
+
+/// Run every benchmark (or only the one `only` names).
+pub async fn run(quick: bool, only: Only) -> anyhow::Result<()> {
+    match only {
+        Only::Swap => return in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await,
+        Only::Noisy => return in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick).await }).await,
+        Only::Workflows => {}
+        Only::All => {
+            plugin_call(if quick { 500 } else { 5000 }).await?;
+            in_fresh_dir("pipeline", |dir| async move { pipeline_and_http(&dir, quick).await }).await?;
+            in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await?;
+            in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick).await }).await?;
+        }
     }
     in_fresh_dir("wf", |dir| async move { workflow_engine(&dir, quick).await }).await
 }

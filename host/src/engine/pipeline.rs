@@ -1,9 +1,11 @@
 //! The event pipeline: what happens after an event is durable.
 //!
-//! Each round claims a batch of committed events. Per tenant, it reads the
-//! batch's contacts and their histories in a few queries (the union of what
-//! the tenant's scorers and triggers declared they read), then handles each
-//! contact once, concurrently, in event order:
+//! Work goes in **lanes, one per tenant**. A round finds the tenants with
+//! queued events and, for each whose lane is not running, claims a batch of
+//! that tenant's events (oldest first) and starts its lane as a task of its
+//! own. A lane reads the batch's contacts and their histories in a few
+//! queries (the union of what the tenant's scorers and triggers declared
+//! they read), then handles each contact once, concurrently, in event order:
 //! 1. the tenant's scorers run (once per contact per batch) and the new score
 //!    is kept for the batch's write;
 //! 2. a score that crosses a lifecycle threshold (e.g. MQL at 50) moves the
@@ -16,16 +18,31 @@
 //!
 //! Then one transaction records last activity, scores, score history, stage
 //! changes with their `lifecycle_stage_changed` events, the enrollments
-//! (with the store's enrollment rules), and marks the batch processed: a
-//! run never starts from the score before the event that enrolled it. A
-//! crash in between re-runs the batch after restart: scoring is idempotent,
-//! a stage only moves forward, and enrollments are keyed by the event that
-//! caused them. The workflow runner then does the runs' steps; after the
+//! (with the store's enrollment rules), and marks the lane's events
+//! processed: a run never starts from the score before the event that
+//! enrolled it. A crash in between re-runs the batch after restart: scoring
+//! is idempotent, a stage only moves forward, and enrollments are keyed by
+//! the event that caused them. A lane that fails gives its events back to
+//! the queue. The workflow runner then does the runs' steps; after the
 //! commit, runs waiting on a goal the new events met are woken.
+//!
+//! Why lanes: a tenant whose plugins run to their deadlines (16 calls at a
+//! time, 500 ms each, by default) holds only its own lane. One shared round
+//! would hold every tenant's events until the slowest tenant's contacts were
+//! done, and the measured cost was total: with another tenant's runaway
+//! scorers flooding the queue, a well-behaved tenant's events were not
+//! processed at all within a minute (`cairn bench --noisy-only`). While a
+//! tenant's lane runs, its further events wait in the queue and are claimed
+//! when the lane ends, so each tenant's events are still handled in order
+//! and a contact (which belongs to one tenant) is never handled by two
+//! lanes of this process at once. Finding tenants and claiming read the
+//! queue by tenant (`Store::tenants_with_queued_events`,
+//! `Store::claim_tenant_events`): a tenant's backlog, however long, costs
+//! the other tenants' claims nothing.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -41,10 +58,18 @@ use crate::runtime::recorded::RecordedCall;
 use crate::runtime::{CallError, CallScope};
 use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
-/// Events claimed per round.
+/// Events one lane claims (one tenant's batch).
 const BATCH: i64 = 1024;
-/// Contacts handled concurrently within a batch.
+/// Contacts handled concurrently within a lane.
 const CONCURRENT_CONTACTS: usize = 16;
+/// Lanes running at once. With [`CONCURRENT_CONTACTS`] each, this bounds the
+/// pipeline's plugin calls in flight (the engine's instance pool holds 256)
+/// and the claimed events held in memory; up to `MAX_LANES - 1` tenants
+/// stuck at their plugins' deadlines still leave a lane for the others.
+const MAX_LANES: usize = 8;
+/// Tenants one scan looks at: more than [`MAX_LANES`], so the running lanes'
+/// tenants (skipped) cannot hide the idle ones.
+const SCAN_TENANTS: i64 = 64;
 /// Stage order: a score crossing only ever moves a contact forward.
 pub const STAGES: [&str; 6] = ["subscriber", "lead", "mql", "sql", "opportunity", "customer"];
 
@@ -69,8 +94,54 @@ pub struct Pipeline {
     committed: Arc<Notify>,
     automation: AutomationCache,
     workflows: Arc<Workflows>,
+    /// Tenants whose lane is running in this process: their events are not
+    /// claimed until it ends.
+    lanes: TenantLanes,
+    /// The last tenant a scan looked at: the next scan starts after it, so
+    /// with more tenants queued than lanes free each gets its turn.
+    cursor: Mutex<String>,
     /// Counters.
     pub stats: PipelineStats,
+}
+
+/// The tenants whose lane is running in this process (the pipeline and the
+/// workflow runner each keep their own).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TenantLanes(Arc<Mutex<HashSet<String>>>);
+
+impl TenantLanes {
+    /// Mark `tenant`'s lane running; `None` when it already is.
+    pub(crate) fn start(&self, tenant: &str) -> Option<Lane> {
+        let mut running = self.0.lock().ok()?;
+        running.insert(tenant.to_string()).then(|| Lane { lanes: self.0.clone(), tenant: tenant.to_string() })
+    }
+
+    /// The tenants whose lane is running.
+    pub(crate) fn running(&self) -> Vec<String> {
+        self.0.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// A tenant's running lane: unmarks the tenant when dropped, however the
+/// lane ends (done, failed, aborted, panicked).
+pub(crate) struct Lane {
+    lanes: Arc<Mutex<HashSet<String>>>,
+    tenant: String,
+}
+
+impl Lane {
+    /// The lane's tenant.
+    pub(crate) fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.lanes.lock() {
+            running.remove(&self.tenant);
+        }
+    }
 }
 
 impl Pipeline {
@@ -84,7 +155,17 @@ impl Pipeline {
     ) -> Arc<Pipeline> {
         let automation = AutomationCache::new(store.clone());
         let stats = PipelineStats::default();
-        Arc::new(Pipeline { store, registry, clock, committed, automation, workflows, stats })
+        Arc::new(Pipeline {
+            store,
+            registry,
+            clock,
+            committed,
+            automation,
+            workflows,
+            lanes: TenantLanes::default(),
+            cursor: Mutex::new(String::new()),
+            stats,
+        })
     }
 
     /// Lifecycle thresholds by tenant (the API invalidates entries it changes).
@@ -103,67 +184,152 @@ impl Pipeline {
         &self.clock
     }
 
-    /// Run until the task is aborted: claim, process, repeat; sleep until the
-    /// next commit (or a second, to pick up work left by a crash) when idle.
+    /// Run until the task is aborted: start a lane for every tenant with
+    /// queued events whose lane is not running (up to [`MAX_LANES`] at once),
+    /// then sleep until the next commit, a lane's end (its tenant may have
+    /// more), or a second (to pick up work left by a crash). Lanes are
+    /// children of this task: aborting it aborts them, and their events go
+    /// back to the queue when their lease runs out.
     pub async fn run(self: Arc<Self>) {
+        let mut lanes: JoinSet<()> = JoinSet::new();
         loop {
-            match self.run_once().await {
-                Ok(0) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.committed.notified()).await;
+            while let Some(ended) = lanes.try_join_next() {
+                log_panic(ended);
+            }
+            let free = MAX_LANES.saturating_sub(lanes.len());
+            match self.claim(free).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for (lane, events) in claimed {
+                        let me = self.clone();
+                        lanes.spawn(async move {
+                            // Logged and given back inside; nothing to add.
+                            let _ = me.run_lane(lane, events).await;
+                        });
+                    }
+                    // Look again: the scan may have stopped at its limit.
+                    continue;
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("pipeline round failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
+            }
+            tokio::select! {
+                _ = self.committed.notified() => {}
+                Some(ended) = lanes.join_next(), if !lanes.is_empty() => log_panic(ended),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
 
-    /// Process one batch; returns how many events it held.
+    /// One round, to its end: claim a batch for every tenant with queued
+    /// events whose lane is not running, run those lanes concurrently and
+    /// wait for them; returns how many events they processed (tests, the
+    /// demo, the benchmark). The first lane's error, if any, after all ended.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut lanes = JoinSet::new();
+        for (lane, events) in self.claim(MAX_LANES).await? {
+            lanes.spawn(self.clone().run_lane(lane, events));
+        }
+        let (mut total, mut failed) = (0, None);
+        while let Some(ended) = lanes.join_next().await {
+            match ended {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => tracing::error!("a pipeline lane panicked: {e}"),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    /// Claim a batch for up to `free` tenants with queued events whose lane
+    /// is not running, in turn from where the last scan stopped; each comes
+    /// with its lane, marked running.
+    async fn claim(self: &Arc<Self>, free: usize) -> Result<Vec<(Lane, Vec<Event>)>, StoreError> {
+        let mut claimed = Vec::new();
+        if free == 0 {
+            return Ok(claimed);
+        }
+        let after = self.cursor.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut tenants = self.store.tenants_with_queued_events(&after, SCAN_TENANTS).await?;
+        if (tenants.len() as i64) < SCAN_TENANTS && !after.is_empty() {
+            // Past the last tenant: wrap around to the first ones.
+            let seen: HashSet<String> = tenants.iter().cloned().collect();
+            let wrapped = self.store.tenants_with_queued_events("", SCAN_TENANTS).await?;
+            tenants.extend(wrapped.into_iter().filter(|t| !seen.contains(t)));
+        }
+        for tenant in tenants {
+            if claimed.len() >= free {
+                break;
+            }
+            let Some(lane) = self.lanes.start(&tenant) else { continue };
+            if let Ok(mut cursor) = self.cursor.lock() {
+                cursor.clone_from(&tenant);
+            }
+            // Dropping the lane when nothing was claimed unmarks the tenant.
+            let events = self.store.claim_tenant_events(&tenant, BATCH).await?;
+            if !events.is_empty() {
+                claimed.push((lane, events));
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Run one tenant's lane over its claimed `events`; on failure give
+    /// them back to the queue (before the lane is unmarked, so the next
+    /// claim takes them again, in order).
+    async fn run_lane(self: Arc<Self>, lane: Lane, events: Vec<Event>) -> Result<usize, StoreError> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let outcome = self.process_lane(lane.tenant(), events).await;
+        if let Err(e) = &outcome {
+            tracing::warn!(tenant = %lane.tenant(), "pipeline lane failed, its events go back to the queue: {e}");
+            if let Err(e) = self.store.release_events(&ids).await {
+                tracing::warn!(tenant = %lane.tenant(), "giving events back failed (their lease will run out): {e}");
+            }
+        }
+        drop(lane);
+        outcome
+    }
+
+    /// Process one tenant's claimed events and commit the result; returns
+    /// how many there were.
+    async fn process_lane(self: &Arc<Self>, tenant: &str, claimed: Vec<Event>) -> Result<usize, StoreError> {
         let started = std::time::Instant::now();
-        let claimed = self.store.claim_unprocessed_events(BATCH).await?;
-        if claimed.is_empty() {
-            return Ok(0);
+        let ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
+        let received: Vec<i64> = claimed.iter().map(|e| e.received_at).collect();
+        let mut by_contact: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for event in claimed {
+            by_contact.entry(event.contact_id.clone()).or_default().push(event);
         }
-        let claimed_in = started.elapsed();
-        let ids: Vec<String> = claimed.iter().map(|(_, e)| e.id.clone()).collect();
-        let received: Vec<i64> = claimed.iter().map(|(_, e)| e.received_at).collect();
-        let mut by_tenant: BTreeMap<String, BTreeMap<String, Vec<Event>>> = BTreeMap::new();
-        for (tenant, event) in claimed {
-            by_tenant.entry(tenant).or_default().entry(event.contact_id.clone()).or_default().push(event);
-        }
-        let mut updates = Vec::new();
-        for (tenant, by_contact) in by_tenant {
-            updates.extend(self.process_tenant(&tenant, by_contact).await?);
-        }
+        let updates = self.process_tenant(tenant, by_contact).await?;
         let processed_in = started.elapsed();
         // One transaction: activity, scores, enrollments and "processed"
         // land together.
         let decided = self.store.finish_batch(&updates, &ids).await?;
         self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
         // Goals read the contact as written just now (score, stage).
-        let mut touched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for u in &updates {
-            touched.entry(u.tenant_id.as_str()).or_default().push(u.contact_id.clone());
-        }
-        for (tenant, contacts) in touched {
-            if let Err(e) = self.workflows.check_goals(tenant, &contacts).await {
-                // Not fatal: every goal is checked again when its run wakes.
-                tracing::warn!(tenant, "checking workflow goals failed: {e}");
-            }
+        let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
+        if !touched.is_empty()
+            && let Err(e) = self.workflows.check_goals(tenant, &touched).await
+        {
+            // Not fatal: every goal is checked again when its run wakes.
+            tracing::warn!(tenant, "checking workflow goals failed: {e}");
         }
         if updates.iter().any(|u| u.stage_change.is_some()) {
             // The lifecycle events just committed are work for the next round.
             self.committed.notify_one();
         }
         tracing::debug!(
+            tenant,
             events = ids.len(),
-            claim_us = claimed_in.as_micros() as u64,
-            process_us = (processed_in - claimed_in).as_micros() as u64,
+            process_us = processed_in.as_micros() as u64,
             write_us = (started.elapsed() - processed_in).as_micros() as u64,
-            "pipeline batch"
+            "pipeline lane"
         );
         self.stats.events.fetch_add(ids.len() as u64, Ordering::Relaxed);
         let now = self.clock.now();
@@ -455,6 +621,15 @@ impl Pipeline {
 pub fn score_property(plugin: &str) -> String {
     let stem = plugin.strip_suffix("-scorer").unwrap_or(plugin);
     format!("{}_score", stem.replace('-', "_"))
+}
+
+/// Log a lane that panicked (its tenant was unmarked as it unwound).
+pub(crate) fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!("a lane panicked: {e}");
+    }
 }
 
 /// Keep a finished contact's update; a contact that failed is logged and

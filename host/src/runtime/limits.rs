@@ -45,6 +45,12 @@ pub struct Limits {
     /// Plugin calls of one tenant running at once; more wait for a slot
     /// (up to the call's deadline), so one tenant cannot take every worker.
     pub tenant_concurrent_calls: u32,
+    /// How long a claim of work (a batch of events, a run's step, a
+    /// schedule) stays reserved for the process that made it: with several
+    /// nodes, how soon the work of a node that died is resumed by another.
+    /// Keep it well above `deadline`, so a slow step is never claimed again
+    /// while it runs.
+    pub claim_lease: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +68,7 @@ impl Default for Limits {
             rollback_min_calls: 5,
             tenant_events_per_sec: 20_000,
             tenant_concurrent_calls: 16,
+            claim_lease: Duration::from_millis(crate::store::CLAIM_LEASE_MS as u64),
         }
     }
 }

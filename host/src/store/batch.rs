@@ -195,7 +195,12 @@ impl Store {
                 }
             }
         }
-        for u in updates {
+        // Contact rows are locked in one order (by id) in every transaction:
+        // two nodes finishing lanes of the same tenant then queue on a shared
+        // contact instead of deadlocking on two.
+        let mut updates: Vec<&ContactUpdate> = updates.iter().collect();
+        updates.sort_by(|a, b| (&a.tenant_id, &a.contact_id).cmp(&(&b.tenant_id, &b.contact_id)));
+        for u in updates.iter().copied() {
             if let Some(t) = u.last_activity_at {
                 sqlx::query(
                     "UPDATE contacts SET last_activity_at = CASE WHEN last_activity_at IS NULL OR last_activity_at < $3 \
@@ -235,7 +240,7 @@ impl Store {
                 .await?;
             }
         }
-        for u in updates {
+        for u in updates.iter().copied() {
             let Some(change) = &u.stage_change else { continue };
             let moved = sqlx::query(
                 "UPDATE contacts SET lifecycle_stage = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2",

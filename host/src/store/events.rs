@@ -625,7 +625,7 @@ impl Store {
              AND (lease_until IS NULL OR lease_until < $2) ORDER BY id LIMIT $3{lock}) RETURNING {EVENT_COLUMNS}"
         );
         let rows = sqlx::query(&sql)
-            .bind(now + CLAIM_LEASE_MS)
+            .bind(now + self.claim_lease_ms())
             .bind(now)
             .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
             .fetch_all(&self.pool)
@@ -635,6 +635,59 @@ impl Store {
             .map(|r| Ok((r.try_get::<String, _>("tenant_id")?, event_from_row(r)?)))
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        Ok(out)
+    }
+
+    /// Tenants with unprocessed events (claimable or not), in id order,
+    /// starting after `after` (`""`: from the first), at most `limit`.
+    ///
+    /// A loose index scan: each tenant is one seek in the queue-by-tenant
+    /// index to the next tenant id, so the cost is the number of tenants
+    /// returned, however many events each has queued (a tenant flooding the
+    /// queue costs the others nothing here).
+    pub async fn tenants_with_queued_events(&self, after: &str, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "WITH RECURSIVE queued (tenant_id, n) AS ( \
+                 SELECT (SELECT tenant_id FROM events WHERE processed = 0 AND tenant_id > $1 \
+                         ORDER BY tenant_id LIMIT 1), CAST(1 AS BIGINT) \
+                 UNION ALL \
+                 SELECT (SELECT e.tenant_id FROM events e WHERE e.processed = 0 AND e.tenant_id > q.tenant_id \
+                         ORDER BY e.tenant_id LIMIT 1), q.n + 1 \
+                 FROM queued q WHERE q.tenant_id IS NOT NULL AND q.n < $2 \
+             ) SELECT tenant_id FROM queued WHERE tenant_id IS NOT NULL",
+        )
+        .bind(after)
+        .bind(limit.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("tenant_id")?)).collect()
+    }
+
+    /// Claim up to `limit` of `tenant`'s unprocessed events, oldest first,
+    /// for [`CLAIM_LEASE_MS`], skipping events another worker holds (as
+    /// [`Store::claim_unprocessed_events`] does for every tenant). Reads
+    /// only this tenant's part of the queue.
+    pub async fn claim_tenant_events(&self, tenant: &str, limit: i64) -> Result<Vec<Event>> {
+        let _gate = self.write_gate().await;
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE events SET lease_until = $1 WHERE id IN (SELECT id FROM events WHERE tenant_id = $2 \
+             AND processed = 0 AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{lock}) \
+             RETURNING {EVENT_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now + self.claim_lease_ms())
+            .bind(tenant)
+            .bind(now)
+            .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
@@ -664,6 +717,20 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// How many events `tenant` has, and how many of them are processed.
+    /// Reads every event of the tenant: for benchmarks and tests, not for
+    /// a hot path.
+    pub async fn event_counts(&self, tenant: &str) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN processed = 1 THEN 1 ELSE 0 END), 0) AS done \
+             FROM events WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("done")?))
     }
 
     /// Event `id` of `tenant`.

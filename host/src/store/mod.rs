@@ -178,6 +178,10 @@ pub struct Store {
     /// plugin's host call waiting for the lock ran past its deadline.
     /// `None` on PostgreSQL (row locks, many writers).
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// How long a claim (of events, a run, a schedule) stays reserved for
+    /// the process that made it: how soon another node resumes the work of
+    /// one that died. [`CLAIM_LEASE_MS`] unless [`Store::with_claim_lease`].
+    claim_lease_ms: i64,
 }
 
 /// A write transaction, holding the SQLite write gate until it ends.
@@ -259,6 +263,7 @@ impl Store {
                     clock: Clock::System,
                     _checkpointer: None,
                     write_gate: None,
+                    claim_lease_ms: CLAIM_LEASE_MS,
                 })
             }
             Backend::Sqlite => Self::open_sqlite(url).await,
@@ -305,7 +310,21 @@ impl Store {
             clock: Clock::System,
             _checkpointer: checkpointer,
             write_gate: Some(Arc::default()),
+            claim_lease_ms: CLAIM_LEASE_MS,
         })
+    }
+
+    /// This store with claims reserved for `lease` (default [`CLAIM_LEASE_MS`]).
+    /// Shorter resumes a dead node's work sooner; it must stay well above the
+    /// longest plugin call, or a slow step could be claimed again while it runs.
+    pub fn with_claim_lease(mut self, lease: Duration) -> Store {
+        self.claim_lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1);
+        self
+    }
+
+    /// How long a claim made now stays reserved, ms.
+    pub(crate) fn claim_lease_ms(&self) -> i64 {
+        self.claim_lease_ms
     }
 
     /// This store with `clock` as its business time (for a manual clock in

@@ -37,7 +37,7 @@ use sqlx::{AnyConnection, Row};
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{InvocationRecord, insert_invocation};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
-use crate::store::{Backend, CLAIM_LEASE_MS, Page, Store, new_id, now_ms};
+use crate::store::{Backend, Page, Store, new_id, now_ms};
 
 /// Longest enrollment key (keys are built from ids: workflow, event,
 /// schedule firing).
@@ -490,6 +490,15 @@ impl Store {
     /// Runs another worker holds (lease not expired) are skipped;
     /// [`Store::save_run`] releases the lease.
     pub async fn claim_due_runs(&self, now: i64, limit: i64) -> Result<Vec<Run>> {
+        self.claim_due_runs_except(now, limit, &[]).await
+    }
+
+    /// [`Store::claim_due_runs`] without the runs of the tenants in
+    /// `except` (the runner's tenants whose lane is running: it claims
+    /// their runs when the lane ends). The claim reads past the due runs of
+    /// those tenants, which are bounded by their contacts and workflows and
+    /// drained by their lanes.
+    pub async fn claim_due_runs_except(&self, now: i64, limit: i64, except: &[String]) -> Result<Vec<Run>> {
         let _gate = self.write_gate().await;
         // Real time for the lease, whatever the business clock says: it is
         // about whether the claiming process is alive.
@@ -498,24 +507,47 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        let except = &except[..except.len().min(MAX_IN_LIST)];
+        let mut b = Builder::new("UPDATE workflow_runs SET lease_until = ");
+        b.push_arg("", Arg::Int(real + self.claim_lease_ms()));
         // Ordered by wake_at alone: the due index is in that order, so a
         // backlog of due runs is read up to the limit, never sorted whole.
-        let sql = format!(
-            "UPDATE workflow_runs SET lease_until = $1 WHERE id IN (SELECT id FROM workflow_runs \
-             WHERE status = 'waiting' AND wake_at <= $2 AND (lease_until IS NULL OR lease_until < $3) \
-             ORDER BY wake_at LIMIT $4{lock}) RETURNING {RUN_COLUMNS}"
+        b.push_arg(
+            " WHERE id IN (SELECT id FROM workflow_runs WHERE status = 'waiting' AND wake_at <= ",
+            Arg::Int(now),
         );
-        let rows = sqlx::query(&sql)
-            .bind(real + CLAIM_LEASE_MS)
-            .bind(now)
-            .bind(real)
-            .bind(limit.clamp(1, i64::from(MAX_PAGE)))
-            .fetch_all(&self.pool)
-            .await?;
+        b.push_arg(" AND (lease_until IS NULL OR lease_until < ", Arg::Int(real));
+        b.push(")");
+        if !except.is_empty() {
+            let list: Vec<String> = except.iter().map(|t| b.arg(Arg::Text(t))).collect();
+            b.push(&format!(" AND tenant_id NOT IN ({})", list.join(", ")));
+        }
+        b.push_arg(" ORDER BY wake_at LIMIT ", Arg::Int(limit.clamp(1, i64::from(MAX_PAGE))));
+        b.push(&format!("{lock}) RETURNING {RUN_COLUMNS}"));
+        let rows = b.query().fetch_all(&self.pool).await?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
         Ok(runs)
+    }
+
+    /// Give claimed runs back before their lease runs out (the runner
+    /// claimed more than it could start): the next claim may take them.
+    pub async fn release_runs(&self, ids: &[String]) -> Result<()> {
+        let _gate = self.write_gate().await;
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let mut p = Params::new(self.backend);
+            let sql = format!(
+                "UPDATE workflow_runs SET lease_until = NULL WHERE id IN ({}) AND status = 'waiting'",
+                p.list(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     /// The earliest `wake_at` of the waiting runs no worker holds, so the
@@ -523,15 +555,28 @@ impl Store {
     /// held run is the holder's business; counting it would have the others
     /// wake for nothing until its lease ends.)
     pub async fn next_wake_at(&self) -> Result<Option<i64>> {
+        self.next_wake_at_except(&[]).await
+    }
+
+    /// [`Store::next_wake_at`] without the runs of the tenants in `except`
+    /// (whose lane is running: the runner cannot claim their runs before
+    /// it ends, so they are no reason to wake).
+    pub async fn next_wake_at_except(&self, except: &[String]) -> Result<Option<i64>> {
+        let except = &except[..except.len().min(MAX_IN_LIST)];
         // Not MIN(): with the lease condition that would read every waiting
         // run; in index order the first unheld one ends the scan.
-        let row = sqlx::query(
+        let mut b = Builder::new(
             "SELECT wake_at FROM workflow_runs WHERE status = 'waiting' AND wake_at IS NOT NULL \
-             AND (lease_until IS NULL OR lease_until < $1) ORDER BY wake_at LIMIT 1",
-        )
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
+             AND (lease_until IS NULL OR lease_until < ",
+        );
+        b.push_arg("", Arg::Int(now_ms()));
+        b.push(")");
+        if !except.is_empty() {
+            let list: Vec<String> = except.iter().map(|t| b.arg(Arg::Text(t))).collect();
+            b.push(&format!(" AND tenant_id NOT IN ({})", list.join(", ")));
+        }
+        b.push(" ORDER BY wake_at LIMIT 1");
+        let row = b.query().fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.try_get("wake_at")).transpose()?.flatten())
     }
 

@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::store::error::{Result, StoreError};
 use crate::store::sql::{self, MAX_PAGE};
-use crate::store::{Backend, CLAIM_LEASE_MS, Store, new_id, now_ms};
+use crate::store::{Backend, Store, new_id, now_ms};
 
 /// Longest workflow name.
 pub const MAX_WORKFLOW_NAME: usize = 200;
@@ -415,7 +415,7 @@ impl Store {
              ORDER BY next_fire_at LIMIT $4{lock}) RETURNING {WORKFLOW_COLUMNS}"
         );
         let rows = sqlx::query(&sql)
-            .bind(real + CLAIM_LEASE_MS)
+            .bind(real + self.claim_lease_ms())
             .bind(now)
             .bind(real)
             .bind(limit.clamp(1, i64::from(MAX_PAGE)))

@@ -21,6 +21,16 @@
 //! - [`runner`]: advancing a run: steps, retries with backoff, goals.
 //! - [`dry_run`]: walking a definition on a sample contact in test mode.
 //! - this file: [`Workflows`], the service (caches, loop, counters).
+//!
+//! ## Lanes
+//! The runner advances runs in lanes, one per tenant, like the pipeline
+//! (see `engine::pipeline`): a round claims due runs of the tenants whose
+//! lane is not running, and each tenant's share becomes a lane of its own,
+//! [`CONCURRENT_RUNS`] at a time. The loop does not wait for the lanes: a
+//! tenant whose actions run to their deadlines (or wait for the tenant's
+//! plugin-call slots) holds only its own lane, while the next round claims
+//! the other tenants' runs. One shared round with one concurrency limit
+//! would let such a tenant hold every tenant's steps.
 
 pub mod condition;
 pub mod definition;
@@ -40,14 +50,19 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
+use crate::engine::pipeline::{Lane, TenantLanes, log_panic};
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{Run, Store, StoreError};
 use program::Program;
 
-/// Runs claimed per round.
+/// Runs claimed per round (across the tenants it starts lanes for).
 const CLAIM: i64 = 256;
-/// Runs advanced concurrently.
+/// Runs of one lane (one tenant) advanced concurrently.
 const CONCURRENT_RUNS: usize = 16;
+/// Lanes running at once: bounds the runner's runs in flight (and plugin
+/// calls: the engine's instance pool holds 256); up to `MAX_LANES - 1`
+/// tenants stuck at their actions' deadlines leave a lane for the others.
+const MAX_LANES: usize = 8;
 /// How long the tenant's active workflows are trusted without an
 /// invalidation (another process may have activated one).
 const ACTIVE_TTL: Duration = Duration::from_secs(1);
@@ -102,6 +117,8 @@ pub struct Workflows {
     active: Mutex<HashMap<String, ActiveEntry>>,
     programs: Mutex<HashMap<(String, i64), Arc<Program>>>,
     zones: Mutex<HashMap<String, (Instant, jiff::tz::TimeZone)>>,
+    /// Tenants whose lane is running in this process.
+    lanes: TenantLanes,
     /// Counters.
     pub stats: WorkflowStats,
 }
@@ -119,6 +136,7 @@ impl Workflows {
             active: Mutex::new(HashMap::new()),
             programs: Mutex::new(HashMap::new()),
             zones: Mutex::new(HashMap::new()),
+            lanes: TenantLanes::default(),
             stats: WorkflowStats::default(),
         })
     }
@@ -217,13 +235,20 @@ impl Workflows {
         tz
     }
 
-    /// Run until the task is aborted: fire due schedules, advance due runs;
-    /// when idle, sleep until the next run is due (at most a second, to see
-    /// work another process added), a wake-up, or a manual clock moving.
+    /// Run until the task is aborted: fire due schedules, start lanes for
+    /// due runs; when there is nothing to start, sleep until the next run is
+    /// due (at most a second, to see work another process added), a
+    /// wake-up, a manual clock moving, or a lane's end. Lanes are children
+    /// of this task: aborting it aborts them (their runs' leases run out
+    /// and they are claimed again).
     pub async fn run(self: Arc<Self>) {
+        let mut lanes: JoinSet<()> = JoinSet::new();
         loop {
-            match self.run_once().await {
-                Ok(0) => self.idle().await,
+            while let Some(ended) = lanes.try_join_next() {
+                log_panic(ended);
+            }
+            match self.start_lanes(&mut lanes).await {
+                Ok(0) => self.idle(&mut lanes).await,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("workflow round failed, retrying: {e}");
@@ -233,10 +258,14 @@ impl Workflows {
         }
     }
 
-    async fn idle(&self) {
+    async fn idle(&self, lanes: &mut JoinSet<()>) {
+        let full = lanes.len() >= MAX_LANES;
         let mut wait = Duration::from_secs(1);
-        if matches!(self.clock, Clock::System)
-            && let Ok(Some(due)) = self.store.next_wake_at().await
+        // With every lane taken nothing can start before one ends; otherwise
+        // the next run due that a new lane could take.
+        if !full
+            && matches!(self.clock, Clock::System)
+            && let Ok(Some(due)) = self.store.next_wake_at_except(&self.lanes.running()).await
         {
             let ms = (due - self.clock.now()).clamp(0, 1000);
             wait = Duration::from_millis(ms as u64);
@@ -245,16 +274,67 @@ impl Workflows {
             _ = tokio::time::sleep(wait) => {}
             _ = self.wake.notified() => {}
             _ = self.clock.changed() => {}
+            Some(ended) = lanes.join_next(), if !lanes.is_empty() => log_panic(ended),
         }
     }
 
-    /// One round: due schedules, then a claim of due runs. Returns how
-    /// many runs and schedules it handled.
-    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+    /// Fire due schedules, then claim due runs of the tenants whose lane is
+    /// not running and start a lane (in `lanes`) for each such tenant, while
+    /// lanes are free. Returns how many runs and schedules it started.
+    async fn start_lanes(self: &Arc<Self>, lanes: &mut JoinSet<()>) -> Result<usize, StoreError> {
         let fired = self.fire_schedules().await?;
+        let free = MAX_LANES.saturating_sub(lanes.len());
+        let mut started = 0;
+        for (lane, runs) in self.claim(free).await? {
+            started += runs.len();
+            lanes.spawn(self.clone().run_lane(lane, runs));
+        }
+        Ok(started + fired)
+    }
+
+    /// One round, to its end: due schedules, then a claim of due runs, in
+    /// lanes, waited for. Returns how many runs and schedules it handled.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut lanes = JoinSet::new();
+        let n = self.start_lanes(&mut lanes).await?;
+        while let Some(ended) = lanes.join_next().await {
+            log_panic(ended);
+        }
+        Ok(n)
+    }
+
+    /// Claim due runs, earliest first, of the tenants whose lane is not
+    /// running, for up to `free` of them; each tenant's runs come with its
+    /// lane, marked running. Runs of tenants beyond `free` go back (the
+    /// next round claims them).
+    async fn claim(&self, free: usize) -> Result<Vec<(Lane, Vec<Run>)>, StoreError> {
+        if free == 0 {
+            return Ok(Vec::new());
+        }
         let now = self.clock.now();
-        let runs = self.store.claim_due_runs(now, CLAIM).await?;
-        let n = runs.len();
+        let runs = self.store.claim_due_runs_except(now, CLAIM, &self.lanes.running()).await?;
+        let mut by_tenant: Vec<(Lane, Vec<Run>)> = Vec::new();
+        let mut back = Vec::new();
+        for run in runs {
+            if let Some((_, mine)) = by_tenant.iter_mut().find(|(lane, _)| lane.tenant() == run.tenant_id) {
+                mine.push(run);
+                continue;
+            }
+            match (by_tenant.len() < free).then(|| self.lanes.start(&run.tenant_id)).flatten() {
+                Some(lane) => by_tenant.push((lane, vec![run])),
+                // No lane free, or (another caller's round) already running.
+                None => back.push(run.id),
+            }
+        }
+        if !back.is_empty() {
+            self.store.release_runs(&back).await?;
+        }
+        Ok(by_tenant)
+    }
+
+    /// Advance one tenant's claimed runs, [`CONCURRENT_RUNS`] at a time;
+    /// the tenant's lane ends when the last is saved.
+    async fn run_lane(self: Arc<Self>, lane: Lane, runs: Vec<Run>) {
         let mut tasks = JoinSet::new();
         for run in runs {
             while tasks.len() >= CONCURRENT_RUNS {
@@ -270,7 +350,7 @@ impl Workflows {
             });
         }
         while tasks.join_next().await.is_some() {}
-        Ok(n + fired)
+        drop(lane);
     }
 
     /// Advance until nothing is due at the current time (tests, the demo,

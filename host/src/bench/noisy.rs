@@ -1,0 +1,547 @@
+//! `noisy_neighbour`: what a tenant whose plugins run away costs another
+//! tenant's events.
+//!
+//! One server (SQLite, system clock, the default limits: 16 plugin calls at
+//! once per tenant, a 500 ms deadline) and two tenants:
+//! - **B**, the well-behaved one: 200 single events/s over HTTP, each for a
+//!   new contact (created by its email), scored by the rules scorer and
+//!   enrolling the contact in a one-step workflow whose webhook action posts
+//!   to a receiver in this process. B's latency is end to end: from just
+//!   before the event's `POST /v1/events` to the webhook arriving, through
+//!   the durable queue, the pipeline, the enrollment and the workflow runner.
+//! - **A**, the noisy one: several senders post batches of events as fast
+//!   as they are answered, to 64 contacts scored by runaway test guests, and
+//!   enrolling them in a workflow whose action is stuck in a host call (a
+//!   webhook to an endpoint that never answers) until its deadline, retried.
+//!
+//! B's load runs three times: alone; while A floods and A's plugins are
+//! stuck *waiting* (a scorer that sleeps in a host call, the hanging action:
+//! each holds one of A's call slots for the whole 500 ms deadline); and
+//! while A's plugins also *burn CPU* (an infinite loop, a loop that keeps
+//! yielding, a memory hog: each runs to its fuel, memory or deadline limit).
+//! The figures are B's p99 in each noisy phase over B's p99 alone (goal: at
+//! most 1.5). The first isolates the engine's own fairness (does a stuck
+//! tenant hold other tenants' events?); the second adds competition for the
+//! CPU, which on a small machine the runaway guests take whole.
+//!
+//! Two limits differ from the defaults, on purpose:
+//! - the circuit breaker is off (`breaker_failures` 0) so A stays noisy for
+//!   the whole run: with it on, A's installs are disabled after 20 failures
+//!   in a row and the benchmark would measure the breaker instead;
+//! - the per-tenant event rate limit is [`TENANT_EVENTS_PER_SEC`], not the
+//!   default 20 000/s, which is above what the intake of a 2-core machine
+//!   takes in total: there a tenant allowed the default takes the whole
+//!   intake, and B's latency measures the machine's capacity, not fairness
+//!   (the rate limit is the answer to that flood, sized to the machine). A's
+//!   senders meet the limit (their `429`s are counted); B's rate is far
+//!   below it.
+//!
+//! The runaway guests are the hostile test guests `host/build.rs` builds
+//! (`tests/guests/guest-*`), read from the directory the binary was built
+//! with: run the benchmark from the repository.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::bench::{client_key, emit, percentile, scorer_config};
+use crate::catalog::{GUEST_DIR, guest_bytes};
+use crate::demo::Client;
+use crate::engine::Clock;
+use crate::server::{self, Server, ServerConfig};
+
+/// B's events per second, across its clients.
+const B_RATE: u64 = 200;
+const B_CLIENTS: u64 = 4;
+/// A's concurrent senders and the events in each of their requests.
+const A_SENDERS: usize = 4;
+const A_BATCH: usize = 100;
+/// A's contacts: every round of A's events re-scores each of them with
+/// every runaway scorer.
+const A_CONTACTS: usize = 64;
+/// Events per second per tenant (see the module docs): ten times B's rate.
+const TENANT_EVENTS_PER_SEC: u32 = 2_000;
+/// A's runaway scorers that wait: installed from the start.
+const WAITING_SCORERS: [&str; 1] = ["guest-sleep"];
+/// A's runaway scorers that burn CPU: added for the last phase.
+const BURNING_SCORERS: [&str; 3] = ["guest-loop", "guest-yield-loop", "guest-memory-hog"];
+/// Signs both tenants' webhooks (the receiver does not check it).
+const SECRET: &str = "noisy-neighbour-bench-secret";
+const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+
+/// What the bench's webhook receiver saw.
+#[derive(Default)]
+struct Hooks {
+    /// B's webhooks: the contact's email → when its first webhook arrived.
+    arrived: Mutex<HashMap<String, Instant>>,
+    /// Requests to the endpoint that never answers (A's runaway action).
+    hung: AtomicU64,
+}
+
+/// Aborts the receiver's task when the benchmark ends, however it ends.
+struct Receiver {
+    addr: SocketAddr,
+    hooks: Arc<Hooks>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `/hooks/b` records when B's webhook for a contact arrives; `/hooks/hang`
+/// holds every request for a minute (far past any plugin deadline).
+async fn start_receiver() -> anyhow::Result<Receiver> {
+    let hooks = Arc::new(Hooks::default());
+    let (b, hang) = (hooks.clone(), hooks.clone());
+    let app = axum::Router::new()
+        .route(
+            "/hooks/b",
+            axum::routing::post(move |body: Bytes| {
+                let hooks = b.clone();
+                async move {
+                    let at = Instant::now();
+                    let email = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["contact"]["email"].as_str().map(str::to_string));
+                    if let (Some(email), Ok(mut arrived)) = (email, hooks.arrived.lock()) {
+                        arrived.entry(email).or_insert(at);
+                    }
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/hooks/hang",
+            axum::routing::post(move || {
+                let hooks = hang.clone();
+                async move {
+                    hooks.hung.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "too late"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Receiver { addr, hooks, task })
+}
+
+/// The runaway guests' bytes, or an error that says how to get them.
+fn runaway_guests(names: &[&'static str]) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    names
+        .iter()
+        .map(|name| {
+            let file = std::path::Path::new(GUEST_DIR).join(format!("{}.wasm", name.replace('-', "_")));
+            guest_bytes(name).map(|b| (*name, b)).with_context(|| {
+                format!(
+                    "noisy-neighbour benchmark: the runaway test guest {name} is missing ({}); it is built by \
+                     host/build.rs from host/tests/guests/{name}: run the benchmark from the repository \
+                     (`cargo run --release -- bench --noisy-only`)",
+                    file.display()
+                )
+            })
+        })
+        .collect()
+}
+
+async fn start(dir: &std::path::Path) -> anyhow::Result<Server> {
+    let mut config = ServerConfig::in_dir(dir.to_path_buf());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.clock = Clock::System;
+    config.admin_key = Some(ADMIN_KEY.into());
+    // Both tenants' webhooks go to this process, on loopback.
+    config.runtime.allow_private_network = true;
+    // A's installs stay installed and failing (see the module docs).
+    config.runtime.limits.breaker_failures = 0;
+    config.runtime.limits.tenant_events_per_sec = TENANT_EVENTS_PER_SEC;
+    server::start(config).await
+}
+
+/// A new tenant: its client and API key.
+async fn new_tenant(server: &Server, name: &str) -> anyhow::Result<(Client, String)> {
+    let admin = Client::new(&server.url(), ADMIN_KEY);
+    let created = admin.ok(Method::POST, "/v1/tenants", Some(json!({"name": name}))).await?;
+    let key = client_key(&created);
+    Ok((Client::new(&server.url(), &key), key))
+}
+
+async fn catalog_version(client: &Client, name: &str) -> anyhow::Result<Value> {
+    let plugins = client.ok(Method::GET, "/v1/plugins", None).await?;
+    plugins["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == name))
+        .map(|p| p["id"].clone())
+        .with_context(|| format!("catalog plugin {name}"))
+}
+
+async fn install(client: &Client, version: Value, config: Value, grants: Value) -> anyhow::Result<String> {
+    let body = json!({"plugin_version_id": version, "config": config, "grants": grants});
+    let installed = client.ok(Method::POST, "/v1/installs", Some(body)).await?;
+    installed["id"].as_str().map(str::to_string).context("install id")
+}
+
+/// A one-step workflow: on `kind`, call webhook install `hook`.
+async fn hook_workflow(client: &Client, name: &str, kind: &str, hook: &str, retry: Value) -> anyhow::Result<()> {
+    let definition = json!({
+        "name": name,
+        "trigger": {"type": "event", "kind": kind},
+        "enrollment": {"reenroll": true},
+        "retry": retry,
+        "steps": [{"id": "notify", "type": "action", "install_id": hook}]
+    });
+    client.ok(Method::POST, "/v1/workflows?activate=true", Some(definition)).await?;
+    Ok(())
+}
+
+/// Tenant B: the rules scorer and a workflow that posts every scored
+/// `page_viewed` to `/hooks/b`.
+async fn set_up_b(server: &Server, hooks: SocketAddr) -> anyhow::Result<String> {
+    let (b, key) = new_tenant(server, "noisy-b").await?;
+    install(&b, catalog_version(&b, "rules-scorer").await?, scorer_config(), json!([])).await?;
+    let hook = install(
+        &b,
+        catalog_version(&b, "webhook").await?,
+        json!({"url": format!("http://{hooks}/hooks/b"), "secret": SECRET}),
+        json!([format!("http:{}", hooks.ip())]),
+    )
+    .await?;
+    hook_workflow(&b, "notify", "page_viewed", &hook, json!({"max_attempts": 3, "backoff": "1s"})).await?;
+    Ok(key)
+}
+
+/// Upload and install scorer guests for `a`; (name, install id) of each.
+async fn install_guests(a: &Client, guests: Vec<(&'static str, Vec<u8>)>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut installs = Vec::new();
+    for (name, bytes) in guests {
+        let (status, uploaded) = a.upload(bytes).await?;
+        anyhow::ensure!(status == 201 || status == 200, "uploading {name} answered {status}: {uploaded}");
+        installs.push((name.to_string(), install(a, uploaded["id"].clone(), json!({}), json!([])).await?));
+    }
+    Ok(installs)
+}
+
+/// Tenant A: the waiting runaway scorers, a workflow on `a_work` whose
+/// action hangs, and its contacts. Returns the client, its key, the install
+/// ids and the contact ids.
+async fn set_up_a(
+    server: &Server,
+    hooks: SocketAddr,
+    guests: Vec<(&'static str, Vec<u8>)>,
+) -> anyhow::Result<(Client, String, Vec<(String, String)>, Vec<String>)> {
+    let (a, key) = new_tenant(server, "noisy-a").await?;
+    let mut installs = install_guests(&a, guests).await?;
+    let hang = install(
+        &a,
+        catalog_version(&a, "webhook").await?,
+        json!({"url": format!("http://{hooks}/hooks/hang"), "secret": SECRET}),
+        json!([format!("http:{}", hooks.ip())]),
+    )
+    .await?;
+    installs.push(("webhook (hangs)".to_string(), hang.clone()));
+    // Retried quickly: the runaway action comes back for more.
+    hook_workflow(&a, "runaway", "a_work", &hang, json!({"max_attempts": 5, "backoff": "1s"})).await?;
+    let mut contacts = Vec::with_capacity(A_CONTACTS);
+    for i in 0..A_CONTACTS {
+        let c = a.ok(Method::POST, "/v1/contacts", Some(json!({"email": format!("a{i}@a.test")}))).await?;
+        contacts.push(c["id"].as_str().context("contact id")?.to_string());
+    }
+    Ok((a, key, installs, contacts))
+}
+
+/// What B's load sent: when each event was sent, by its contact's email,
+/// and how long each `POST` took to be answered (ms).
+struct Sent {
+    at: HashMap<String, Instant>,
+    answered_ms: Vec<f64>,
+}
+
+/// B's paced load for `duration`: one event per request, each for a new
+/// contact named `<phase>-<client>-<n>@b.test`.
+async fn b_load(url: &str, key: &str, phase: &str, duration: Duration) -> anyhow::Result<Sent> {
+    let mut clients = tokio::task::JoinSet::new();
+    for w in 0..B_CLIENTS {
+        let (c, phase) = (Client::new(url, key), phase.to_string());
+        clients.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * B_CLIENTS / B_RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let started = Instant::now();
+            let mut sent = Vec::new();
+            while started.elapsed() < duration {
+                tick.tick().await;
+                let email = format!("{phase}-{w}-{}@b.test", sent.len());
+                let event = json!({"email": email, "kind": "page_viewed", "properties": {"url": "/pricing"}});
+                let at = Instant::now();
+                let (status, body) = c.call(Method::POST, "/v1/events", Some(event)).await?;
+                anyhow::ensure!(status == 202, "B's event answered {status}: {body}");
+                sent.push((email, at, at.elapsed().as_secs_f64() * 1000.0));
+            }
+            Ok::<_, anyhow::Error>(sent)
+        });
+    }
+    let mut sent = Sent { at: HashMap::new(), answered_ms: Vec::new() };
+    while let Some(r) = clients.join_next().await {
+        for (email, at, answered) in r?? {
+            sent.at.insert(email, at);
+            sent.answered_ms.push(answered);
+        }
+    }
+    Ok(sent)
+}
+
+/// B's latencies (ms) for the events in `sent`, once every webhook arrived
+/// or `patience` passed; and how many never arrived.
+async fn b_latencies(
+    hooks: &Hooks,
+    sent: &HashMap<String, Instant>,
+    patience: Duration,
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    let until = Instant::now() + patience;
+    loop {
+        let done = {
+            let arrived = hooks.arrived.lock().map_err(|_| anyhow::anyhow!("receiver lock poisoned"))?;
+            sent.keys().all(|e| arrived.contains_key(e))
+        };
+        if done || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrived = hooks.arrived.lock().map_err(|_| anyhow::anyhow!("receiver lock poisoned"))?;
+    let latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(email, at)| arrived.get(email).map(|got| got.duration_since(*at).as_secs_f64() * 1000.0))
+        .collect();
+    Ok((latencies.clone(), sent.len() - latencies.len()))
+}
+
+/// Wait until `tenant` has no unprocessed events.
+async fn quiet(server: &Server, tenant: &str) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (total, processed) = server.state.store.event_counts(tenant).await?;
+        if processed >= total {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < until, "tenant A's setup events were not processed within 5 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What A's senders got.
+#[derive(Default)]
+struct Flood {
+    accepted: AtomicU64,
+    throttled: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// A's senders: batches of `page_viewed` (scored by every runaway scorer)
+/// and `a_work` (enrolls in the runaway workflow) events, as fast as the
+/// server takes them, until `stop`: after a `429` a sender waits what
+/// `Retry-After` says, as an HTTP client should (one that does not spends
+/// the server's CPU on refusals, which is the API's concern, not the
+/// plugins').
+fn a_flood(
+    url: &str,
+    key: &str,
+    contacts: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    flood: Arc<Flood>,
+) -> tokio::task::JoinSet<()> {
+    let mut senders = tokio::task::JoinSet::new();
+    for w in 0..A_SENDERS {
+        let (http, url, key) = (reqwest::Client::new(), format!("{url}/v1/events"), key.to_string());
+        let (contacts, stop, flood) = (contacts.clone(), stop.clone(), flood.clone());
+        senders.spawn(async move {
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                let events: Vec<Value> = (0..A_BATCH)
+                    .map(|i| {
+                        n += 1;
+                        let kind = if i % 2 == 0 { "page_viewed" } else { "a_work" };
+                        json!({"contact_id": contacts[n % contacts.len()], "kind": kind})
+                    })
+                    .collect();
+                let sent = http.post(&url).bearer_auth(&key).json(&json!({"events": events})).send().await;
+                let (counter, pause) = match &sent {
+                    Ok(r) if r.status().as_u16() == 202 => (&flood.accepted, Duration::ZERO),
+                    Ok(r) if r.status().as_u16() == 429 => {
+                        let secs = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(1);
+                        (&flood.throttled, Duration::from_secs(secs.min(5)))
+                    }
+                    _ => (&flood.refused, Duration::from_millis(100)),
+                };
+                counter.fetch_add(A_BATCH as u64, Ordering::Relaxed);
+                if let Ok(r) = sent {
+                    // Read the answer: the connection is then reused.
+                    let _ = r.bytes().await;
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+    }
+    senders
+}
+
+/// Percentile `p` of `v` in ms, to 0.1 ms.
+fn ms(v: &[f64], p: f64) -> f64 {
+    (percentile(v.to_vec(), p) * 10.0).round() / 10.0
+}
+
+/// One phase of B's load, measured.
+struct Phase {
+    sent: Sent,
+    /// Webhook latencies, ms, of the events whose webhook came.
+    latencies: Vec<f64>,
+    /// Events whose webhook did not come within the patience.
+    missing: usize,
+}
+
+impl Phase {
+    /// B's load for `duration`, then its webhooks, waited for up to `patience`.
+    async fn run(
+        url: &str,
+        key: &str,
+        hooks: &Hooks,
+        name: &str,
+        duration: Duration,
+        patience: Duration,
+    ) -> anyhow::Result<Phase> {
+        let sent = b_load(url, key, name, duration).await?;
+        let (latencies, missing) = b_latencies(hooks, &sent.at, patience).await?;
+        Ok(Phase { sent, latencies, missing })
+    }
+
+    /// Latencies with the missing events counted as infinitely late (so
+    /// with more than 1% missing the p99 is not finite: `null` in JSON).
+    fn all(&self) -> Vec<f64> {
+        let mut all = self.latencies.clone();
+        all.extend(std::iter::repeat_n(f64::INFINITY, self.missing));
+        all
+    }
+
+    fn p99(&self) -> f64 {
+        percentile(self.all(), 0.99)
+    }
+
+    /// Webhook latencies and how long the `POST`s took to be answered.
+    fn summary(&self) -> Value {
+        let all = self.all();
+        json!({
+            "sent": self.sent.at.len(), "delivered": self.latencies.len(), "missing": self.missing,
+            "p50_ms": ms(&all, 0.5), "p99_ms": ms(&all, 0.99), "max_ms": ms(&all, 1.0),
+            "post_answered_p50_ms": ms(&self.sent.answered_ms, 0.5),
+            "post_answered_p99_ms": ms(&self.sent.answered_ms, 0.99),
+        })
+    }
+
+    /// This phase's p99 over `base`'s, to 0.01 (not finite when events
+    /// went missing).
+    fn ratio_to(&self, base: &Phase) -> f64 {
+        (self.p99() / base.p99() * 100.0).round() / 100.0
+    }
+}
+
+/// Run the three phases and print the figure.
+pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    let waiting_guests = runaway_guests(&WAITING_SCORERS)?;
+    let burning_guests = runaway_guests(&BURNING_SCORERS)?;
+    let receiver = start_receiver().await?;
+    let server = start(dir).await?;
+    let url = server.url();
+    let hooks = &receiver.hooks;
+    let b_key = set_up_b(&server, receiver.addr).await?;
+    let (a, a_key, mut a_installs, a_contacts) = set_up_a(&server, receiver.addr, waiting_guests).await?;
+    let a_tenant = a.ok(Method::GET, "/v1/tenant", None).await?["id"].as_str().context("tenant id")?.to_string();
+    let duration = if quick { Duration::from_secs(4) } else { Duration::from_secs(10) };
+    let patience = if quick { Duration::from_secs(20) } else { Duration::from_secs(60) };
+    // Creating A's contacts queued a `contact_created` event each, which
+    // A's runaway scorer takes seconds over: B's first phase must not run
+    // beside them.
+    quiet(&server, &a_tenant).await?;
+
+    // Warm-up (connections, SQLite pages), then B alone.
+    Phase::run(&url, &b_key, hooks, "warm", Duration::from_secs(1), patience).await?;
+    let alone = Phase::run(&url, &b_key, hooks, "alone", duration, patience).await?;
+
+    // A floods; a second later its plugins are stuck when B's load starts.
+    let (_, a_processed_before) = server.state.store.event_counts(&a_tenant).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = Arc::new(Flood::default());
+    let a_started = Instant::now();
+    let mut senders = a_flood(&url, &a_key, Arc::new(a_contacts), stop.clone(), flood.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = Phase::run(&url, &b_key, hooks, "waiting", duration, patience).await?;
+
+    // A's scorers that burn CPU join A's next rounds.
+    a_installs.extend(install_guests(&a, burning_guests).await?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burning = Phase::run(&url, &b_key, hooks, "burning", duration, patience).await?;
+    stop.store(true, Ordering::Relaxed);
+    while senders.join_next().await.is_some() {}
+    let a_for = a_started.elapsed();
+    let (a_total, a_processed) = server.state.store.event_counts(&a_tenant).await?;
+
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_install = serde_json::Map::new();
+    for (name, id) in &a_installs {
+        let stats = a.ok(Method::GET, &format!("/v1/installs/{id}"), None).await?;
+        let failed = stats["stats"]["failed"].as_object().cloned().unwrap_or_default();
+        let failed: serde_json::Map<String, Value> =
+            failed.into_iter().filter(|(_, n)| n.as_u64() != Some(0)).collect();
+        for (cause, n) in &failed {
+            *causes.entry(cause.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+        by_install.insert(name.clone(), Value::Object(failed));
+    }
+    emit(json!({
+        "bench": "noisy_neighbour",
+        "what": format!(
+            "tenant B: {B_RATE} single events/s for {} s, each scored (rules-scorer) and posted by a one-step webhook \
+             workflow; latency POST sent → webhook received. Alone; while tenant A floods batches to {A_CONTACTS} \
+             contacts whose runaway plugins wait (a scorer sleeping in a host call, a workflow action hanging) to \
+             their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog). SQLite, \
+             16 calls at once per tenant, {TENANT_EVENTS_PER_SEC} events/s per tenant, breaker off",
+            duration.as_secs()
+        ),
+        "b_alone": alone.summary(),
+        "b_with_a_waiting": waiting.summary(),
+        "b_with_a_burning": burning.summary(),
+        "p99_ratio_waiting": waiting.ratio_to(&alone),
+        "p99_ratio": burning.ratio_to(&alone),
+        "goal": 1.5,
+        "a": {
+            "flood_s": (a_for.as_secs_f64() * 10.0).round() / 10.0,
+            "events_accepted": flood.accepted.load(Ordering::Relaxed),
+            "events_throttled_429": flood.throttled.load(Ordering::Relaxed),
+            "events_refused": flood.refused.load(Ordering::Relaxed),
+            "events_processed": a_processed - a_processed_before,
+            "events_still_queued": a_total - a_processed,
+            "failed_calls_by_cause": causes,
+            "failed_calls_by_install": by_install,
+            "hung_action_requests": receiver.hooks.hung.load(Ordering::Relaxed),
+        },
+    }));
+    server.shutdown().await;
+    Ok(())
+}
