@@ -6,6 +6,8 @@
 //!   once it is back the server serves again without a restart.
 //! - Another process holds SQLite's write lock past the busy timeout: the
 //!   same, on the embedded default.
+//! - While SQLite is locked that way, the writers of the process queued
+//!   behind one that timed out fail at once rather than in turn.
 //!
 //! In both, clients retry unacknowledged events with their idempotency key
 //! (what a real client does with a 503), and in the end every event the
@@ -316,4 +318,36 @@ async fn sqlite_locked_by_another_process_answers_503_then_recovers_and_loses_no
         o.slowest
     );
     server.shutdown().await;
+}
+
+/// Writers of one process take turns at SQLite's write lock. When another
+/// program holds it, the writer whose turn it is waits the busy timeout and
+/// fails; the writers queued behind it then fail at once instead of each
+/// waiting as long again (a request behind the pipeline's claim would
+/// otherwise wait two timeouts, or succeed late without ever saying the
+/// database was locked). Shown by order, not timing: the second writer
+/// queued while the first waited, and it gets `Locked`, not its own
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_queued_behind_a_lock_timeout_fail_at_once() {
+    use cairn::store::{Store, StoreError};
+    let db = TempSqlite::new();
+    let store = Store::open(&db.url()).await.unwrap();
+    let tenant = store.create_tenant("locked out").await.unwrap().id;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.url())).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+
+    let claim =
+        |store: Store, tenant: String| tokio::spawn(async move { store.claim_tenant_events(&tenant, 10).await });
+    let first = claim(store.clone(), tenant.clone());
+    // The first writer holds the turn, waiting in SQLite's busy handler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = claim(store.clone(), tenant.clone());
+    let first = first.await.unwrap().expect_err("the first writer waits the busy timeout and fails");
+    assert!(matches!(first, StoreError::Database(_)), "{first:?}");
+    let second = second.await.unwrap().expect_err("the queued writer fails too");
+    assert!(matches!(second, StoreError::Locked), "the queued writer fails at once: {second:?}");
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    assert!(store.claim_tenant_events(&tenant, 10).await.unwrap().is_empty(), "writes go on once the lock is gone");
 }

@@ -163,13 +163,11 @@ where
 /// SQLite busy), as opposed to a bug.
 pub fn is_unavailable(e: &StoreError) -> bool {
     match e {
+        StoreError::Locked => true,
         StoreError::Database(db) => match db {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
             sqlx::Error::Database(d) => {
-                let m = d.message();
-                m.contains("database is locked")
-                    || m.contains("database is busy")
-                    || m.contains("terminating connection")
+                crate::store::is_lock_timeout(db) || d.message().contains("terminating connection")
             }
             _ => false,
         },

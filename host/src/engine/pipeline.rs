@@ -248,20 +248,26 @@ impl Pipeline {
     }
 
     /// Claim a batch for up to `free` tenants with queued events whose lane
-    /// is not running, in turn from where the last scan stopped; each comes
-    /// with its lane, marked running.
+    /// is not running, in turn from where the last claim stopped; each
+    /// comes with its lane, marked running.
     async fn claim(self: &Arc<Self>, free: usize) -> Result<Vec<(Lane, Vec<Event>)>, StoreError> {
         let mut claimed = Vec::new();
         if free == 0 {
             return Ok(claimed);
         }
         let after = self.cursor.lock().map(|c| c.clone()).unwrap_or_default();
-        let mut tenants = self.store.tenants_with_queued_events(&after, SCAN_TENANTS).await?;
-        if (tenants.len() as i64) < SCAN_TENANTS && !after.is_empty() {
-            // Past the last tenant: wrap around to the first ones.
+        let mut tenants = self.store.tenants_with_queued_events("", SCAN_TENANTS).await?;
+        if tenants.len() as i64 >= SCAN_TENANTS && !after.is_empty() {
+            // More tenants queued than one scan holds: go on from the cursor,
+            // then wrap around to the first ones.
+            let first = std::mem::take(&mut tenants);
+            tenants = self.store.tenants_with_queued_events(&after, SCAN_TENANTS).await?;
             let seen: HashSet<String> = tenants.iter().cloned().collect();
-            let wrapped = self.store.tenants_with_queued_events("", SCAN_TENANTS).await?;
-            tenants.extend(wrapped.into_iter().filter(|t| !seen.contains(t)));
+            tenants.extend(first.into_iter().filter(|t| !seen.contains(t)));
+        } else {
+            // The whole set: those after the cursor first.
+            let split = tenants.partition_point(|t| t.as_str() <= after.as_str());
+            tenants.rotate_left(split);
         }
         for tenant in tenants {
             if claimed.len() >= free {
@@ -272,9 +278,15 @@ impl Pipeline {
                 cursor.clone_from(&tenant);
             }
             // Dropping the lane when nothing was claimed unmarks the tenant.
-            let events = self.store.claim_tenant_events(&tenant, BATCH).await?;
-            if !events.is_empty() {
-                claimed.push((lane, events));
+            match self.store.claim_tenant_events(&tenant, BATCH).await {
+                Ok(events) if events.is_empty() => {}
+                Ok(events) => claimed.push((lane, events)),
+                // Start what was claimed: leased events wait for their lanes.
+                Err(e) if !claimed.is_empty() => {
+                    tracing::warn!(tenant, "claiming events failed: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(claimed)

@@ -47,6 +47,11 @@ pub enum StoreError {
     /// batch's transaction was rolled back, so each event counts once.
     #[error("{0} events of this batch were already processed by another node; the batch was discarded")]
     ClaimLost(u64),
+    /// Another program held the SQLite file's write lock past the busy
+    /// timeout while this write waited its turn (see `Store::write_gate`);
+    /// retry later.
+    #[error("the SQLite database is locked by another program")]
+    Locked,
     /// The database URL names no supported backend.
     #[error("unsupported database URL `{0}`: use a SQLite file path, sqlite:..., or postgres://...")]
     UnsupportedUrl(String),

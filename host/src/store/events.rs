@@ -612,7 +612,7 @@ impl Store {
     /// [`CLAIM_LEASE_MS`]; each comes with its tenant id. Events claimed by
     /// another worker whose lease has not expired are skipped.
     pub async fn claim_unprocessed_events(&self, limit: i64) -> Result<Vec<(String, Event)>> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         // Real time, not the store's clock: a lease says whether the worker
         // that claimed the event is still alive.
         let now = now_ms();
@@ -624,12 +624,14 @@ impl Store {
             "UPDATE events SET lease_until = $1 WHERE id IN (SELECT id FROM events WHERE processed = 0 \
              AND (lease_until IS NULL OR lease_until < $2) ORDER BY id LIMIT $3{lock}) RETURNING {EVENT_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
-            .bind(now + self.claim_lease_ms())
-            .bind(now)
-            .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = turn.check(
+            sqlx::query(&sql)
+                .bind(now + self.claim_lease_ms())
+                .bind(now)
+                .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         let mut out = rows
             .iter()
             .map(|r| Ok((r.try_get::<String, _>("tenant_id")?, event_from_row(r)?)))
@@ -668,7 +670,7 @@ impl Store {
     /// [`Store::claim_unprocessed_events`] does for every tenant). Reads
     /// only this tenant's part of the queue.
     pub async fn claim_tenant_events(&self, tenant: &str, limit: i64) -> Result<Vec<Event>> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -679,13 +681,15 @@ impl Store {
              AND processed = 0 AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{lock}) \
              RETURNING {EVENT_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
-            .bind(now + self.claim_lease_ms())
-            .bind(tenant)
-            .bind(now)
-            .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = turn.check(
+            sqlx::query(&sql)
+                .bind(now + self.claim_lease_ms())
+                .bind(tenant)
+                .bind(now)
+                .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         let mut out = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)

@@ -234,9 +234,9 @@ impl Store {
     /// the caps on output and input). Workflow steps record theirs with the
     /// step instead ([`Store::save_run_with_calls`]).
     pub async fn record_invocation(&self, r: &InvocationRecord) -> Result<()> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         let mut conn = self.pool.acquire().await?;
-        insert_invocation(&mut conn, r).await
+        turn.check(insert_invocation(&mut conn, r).await)
     }
 
     /// Invocation `id` of `tenant`, with its input when one is kept. `None`
@@ -300,7 +300,7 @@ impl Store {
     pub async fn expire_invocation_inputs(&self, before_ms: i64) -> Result<u64> {
         let mut total = 0;
         loop {
-            let _gate = self.write_gate().await;
+            let turn = self.write_gate().await?;
             let done = sqlx::query(
                 "UPDATE invocations SET input_json = NULL, input_status = 'expired' WHERE id IN \
                  (SELECT id FROM invocations WHERE input_json IS NOT NULL AND at < $1 LIMIT $2)",
@@ -308,7 +308,8 @@ impl Store {
             .bind(before_ms)
             .bind(EXPIRE_BATCH)
             .execute(&self.pool)
-            .await?;
+            .await;
+            let done = turn.check(done)?;
             total += done.rows_affected();
             if done.rows_affected() < EXPIRE_BATCH as u64 {
                 return Ok(total);

@@ -70,6 +70,7 @@ mod value;
 mod workflows;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -177,7 +178,7 @@ pub struct Store {
     /// growing steps (up to 100 ms) and lets a waiter starve: under load a
     /// plugin's host call waiting for the lock ran past its deadline.
     /// `None` on PostgreSQL (row locks, many writers).
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    write_gate: Option<Arc<WriteGate>>,
     /// How long a claim (of events, a run, a schedule) stays reserved for
     /// the process that made it: how soon another node resumes the work of
     /// one that died. [`CLAIM_LEASE_MS`] unless [`Store::with_claim_lease`].
@@ -188,7 +189,50 @@ pub struct Store {
 /// Dereferences to the connection, like sqlx's `Transaction`.
 pub(crate) struct WriteTx {
     tx: Transaction<'static, Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: WriteTurn,
+}
+
+/// SQLite's writers of this process, in turn (see [`Store::write_gate`]).
+#[derive(Debug, Default)]
+pub(crate) struct WriteGate {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// How many writers gave up on the write lock after the busy timeout.
+    lock_timeouts: AtomicU64,
+}
+
+/// This process's turn to write on SQLite, held until dropped (empty on
+/// PostgreSQL).
+#[derive(Debug)]
+pub(crate) struct WriteTurn {
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    gate: Option<Arc<WriteGate>>,
+}
+
+impl WriteTurn {
+    /// The result of a write made in this turn. A "database is locked"
+    /// failure (SQLite waited its whole busy timeout) tells the writers
+    /// queued behind this one to fail at once instead of waiting as long.
+    pub(crate) fn check<T, E: Into<StoreError>>(&self, result: std::result::Result<T, E>) -> Result<T> {
+        let result = result.map_err(Into::into);
+        if let (Err(StoreError::Database(e)), Some(gate)) = (&result, &self.gate)
+            && is_lock_timeout(e)
+        {
+            gate.lock_timeouts.fetch_add(1, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
+/// SQLite's "database is locked" / "database is busy": the busy timeout ran
+/// out waiting for another connection's write lock.
+pub(crate) fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            let m = d.message();
+            m.contains("database is locked") || m.contains("database is busy")
+        }
+        _ => false,
+    }
 }
 
 impl WriteTx {
@@ -370,22 +414,34 @@ impl Store {
     /// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and
     /// then writes can fail with "database is locked" without waiting.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
-        let gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => turn.check(self.pool.begin_with("BEGIN IMMEDIATE").await)?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Wait for this process's turn to write (SQLite; nothing on
     /// PostgreSQL). Statements that write outside [`Store::begin_write`]
-    /// hold it while they run.
-    pub(crate) async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
+    /// hold it while they run and pass their result through
+    /// [`WriteTurn::check`].
+    ///
+    /// [`StoreError::Locked`] when, while this writer waited, one ahead of
+    /// it gave up on SQLite's write lock after the whole busy timeout:
+    /// another program holds the file, and queued writers would each wait
+    /// that long again in turn (a client's request behind three background
+    /// writers would hang for four timeouts instead of failing after one).
+    pub(crate) async fn write_gate(&self) -> Result<WriteTurn> {
+        let Some(gate) = &self.write_gate else {
+            return Ok(WriteTurn { _guard: None, gate: None });
+        };
+        let seen = gate.lock_timeouts.load(Ordering::Acquire);
+        let guard = gate.turn.clone().lock_owned().await;
+        if gate.lock_timeouts.load(Ordering::Acquire) != seen {
+            return Err(StoreError::Locked);
         }
+        Ok(WriteTurn { _guard: Some(guard), gate: Some(gate.clone()) })
     }
 
     /// Row lock for read-modify-write selects inside a write transaction

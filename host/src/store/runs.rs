@@ -499,7 +499,7 @@ impl Store {
     /// those tenants, which are bounded by their contacts and workflows and
     /// drained by their lanes.
     pub async fn claim_due_runs_except(&self, now: i64, limit: i64, except: &[String]) -> Result<Vec<Run>> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         // Real time for the lease, whatever the business clock says: it is
         // about whether the claiming process is alive.
         let real = now_ms();
@@ -524,7 +524,7 @@ impl Store {
         }
         b.push_arg(" ORDER BY wake_at LIMIT ", Arg::Int(limit.clamp(1, i64::from(MAX_PAGE))));
         b.push(&format!("{lock}) RETURNING {RUN_COLUMNS}"));
-        let rows = b.query().fetch_all(&self.pool).await?;
+        let rows = turn.check(b.query().fetch_all(&self.pool).await)?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
@@ -534,7 +534,7 @@ impl Store {
     /// Give claimed runs back before their lease runs out (the runner
     /// claimed more than it could start): the next claim may take them.
     pub async fn release_runs(&self, ids: &[String]) -> Result<()> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         for chunk in ids.chunks(MAX_IN_LIST) {
             let mut p = Params::new(self.backend);
             let sql = format!(
@@ -545,7 +545,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            q.execute(&self.pool).await?;
+            turn.check(q.execute(&self.pool).await)?;
         }
         Ok(())
     }
@@ -772,7 +772,7 @@ impl Store {
     /// worker holds is left alone: it checks goals itself. False when nothing
     /// changed.
     pub async fn wake_run(&self, tenant: &str, id: &str, at: i64) -> Result<bool> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         let done = sqlx::query(
             "UPDATE workflow_runs SET wake_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'waiting' \
              AND wake_at > $3 AND (lease_until IS NULL OR lease_until < $4)",
@@ -782,8 +782,8 @@ impl Store {
         .bind(at)
         .bind(now_ms())
         .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await;
+        Ok(turn.check(done)?.rows_affected() > 0)
     }
 
     /// Send a failed run back to work from the step that failed: `waiting`,

@@ -400,7 +400,7 @@ impl Store {
     /// lease runs out and it is claimed again). Earliest due first, each with
     /// its tenant id.
     pub async fn claim_due_schedules(&self, now: i64, limit: i64) -> Result<Vec<(String, Workflow)>> {
-        let _gate = self.write_gate().await;
+        let turn = self.write_gate().await?;
         // The lease is real time even when business time is a manual clock:
         // it says whether the claiming process is alive.
         let real = now_ms();
@@ -414,13 +414,15 @@ impl Store {
              AND (schedule_lease_until IS NULL OR schedule_lease_until < $3) \
              ORDER BY next_fire_at LIMIT $4{lock}) RETURNING {WORKFLOW_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
-            .bind(real + self.claim_lease_ms())
-            .bind(now)
-            .bind(real)
-            .bind(limit.clamp(1, i64::from(MAX_PAGE)))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = turn.check(
+            sqlx::query(&sql)
+                .bind(real + self.claim_lease_ms())
+                .bind(now)
+                .bind(real)
+                .bind(limit.clamp(1, i64::from(MAX_PAGE)))
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         let mut out = rows.iter().map(workflow_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         out.sort_by(|a, b| (a.next_fire_at, &a.id).cmp(&(b.next_fire_at, &b.id)));
