@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | scorer | a scorer sleeping in a host call to its 10 s deadline | an event scored by the rules scorer | B's event is processed while A's is not; A's is processed later, its call failed at the deadline |
 //! | action | a workflow action (webhook) whose endpoint never answers | a one-step workflow (tag-contact) | B's run completes while A's action call is still open |
-//! | store | — | — | the queue by tenant: the tenants with queued events, found by seeking, and a claim that takes one tenant's events only, oldest first, never twice |
+//! | store | — | — | the queue by tenant: tenants with queued events found by seeking; a claim takes one tenant's lane (its oldest events, nothing while any is leased), on one node or across two |
 //!
 //! The throughput side is the `noisy_neighbour` benchmark
 //! (`cairn bench --noisy-only`).
@@ -265,37 +265,92 @@ async fn the_queue_is_read_by_tenant(store: Store) -> anyhow::Result<()> {
     assert_eq!(store.tenants_with_queued_events("", 1).await?, [first.as_str()]);
     assert!(store.tenants_with_queued_events(third, 10).await?.is_empty());
 
-    // A claim takes one tenant's events, oldest first, and never twice.
+    // A claim takes the tenant's lane: its oldest events, its own only, and
+    // nothing more while they are leased.
     let kinds = |events: &[cairn::store::Event]| events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>();
     let claimed = store.claim_tenant_events(first, 3).await?;
     assert_eq!(kinds(&claimed), ["k0", "k1", "k2"]);
     assert!(claimed.iter().all(|e| &e.contact_id == c1), "only the tenant's own events");
-    let rest = store.claim_tenant_events(first, 10).await?;
-    assert_eq!(kinds(&rest), ["k3", "k4"]);
-    assert!(store.claim_tenant_events(first, 10).await?.is_empty(), "all of it is leased");
+    assert!(store.claim_tenant_events(first, 10).await?.is_empty(), "the lane is taken while its events are leased");
     // Leased is still queued: the tenant is listed until its events are processed.
     assert_eq!(store.tenants_with_queued_events("", 10).await?, [first.clone(), second.clone()]);
 
-    // Concurrent claims of one tenant get disjoint events.
-    let claims = (0..2).map(|_| {
+    // Concurrent claims of one tenant: one of them takes the lane.
+    let claims = (0..4).map(|_| {
         let (store, second) = (store.clone(), second.clone());
         tokio::spawn(async move { store.claim_tenant_events(&second, 1).await })
     });
-    let mut seen = std::collections::HashSet::new();
+    let mut taken = Vec::new();
     for c in claims {
-        for e in c.await?? {
-            assert!(seen.insert(e.id), "an event was claimed twice");
+        taken.push(c.await??);
+    }
+    taken.retain(|t| !t.is_empty());
+    assert_eq!(taken.len(), 1, "one claim takes the lane: {taken:?}");
+    assert_eq!(kinds(&taken[0]), ["k0"]);
+
+    // Processed, the lane is free again: the rest comes next, in order.
+    store.mark_events_processed(&claimed.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    let rest = store.claim_tenant_events(first, 10).await?;
+    assert_eq!(kinds(&rest), ["k3", "k4"]);
+    store.mark_events_processed(&rest.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    assert_eq!(store.tenants_with_queued_events("", 10).await?, [second.as_str()]);
+
+    // Given back, events are claimed again in order.
+    store.release_events(&taken[0].iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    assert_eq!(kinds(&store.claim_tenant_events(second, 10).await?), ["k0", "k1"]);
+    Ok(())
+}
+
+/// Two nodes on one PostgreSQL database: a tenant's lane is taken by one
+/// node at a time, whoever asks, and a dead node's lane is taken over when
+/// its lease runs out.
+#[tokio::test]
+async fn two_nodes_never_work_one_tenants_events_at_once() -> anyhow::Result<()> {
+    let db = TempPostgres::create().await?;
+    let lease = Duration::from_millis(300);
+    let nodes = [db.open().await?.with_claim_lease(lease), db.open().await?.with_claim_lease(lease)];
+    let tenant = nodes[0].create_tenant("shared").await?.id;
+    let contact = nodes[0]
+        .create_contact(&tenant, NewContact { email: Some("c@shared.test".into()), ..Default::default() })
+        .await?;
+    settle(&nodes[0]).await?;
+    let event =
+        |i: usize| NewEvent { contact_id: Some(contact.id.clone()), kind: format!("k{i}"), ..Default::default() };
+    nodes[0].insert_events(&tenant, (0..20).map(event).collect()).await?;
+    let kinds = |events: &[cairn::store::Event]| events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>();
+
+    // Sixteen claims at once, from both nodes: one takes the lane.
+    let claims = (0..16).map(|i| {
+        let (store, tenant) = (nodes[i % 2].clone(), tenant.clone());
+        tokio::spawn(async move { (i % 2, store.claim_tenant_events(&tenant, 5).await) })
+    });
+    let mut taken = Vec::new();
+    for c in claims {
+        let (node, claimed) = c.await?;
+        let claimed = claimed?;
+        if !claimed.is_empty() {
+            taken.push((node, claimed));
         }
     }
-    assert_eq!(seen.len(), 2);
+    assert_eq!(taken.len(), 1, "one claim takes the lane");
+    let (holder, batch) = taken.pop().unwrap();
+    assert_eq!(kinds(&batch), ["k0", "k1", "k2", "k3", "k4"]);
+    let other = &nodes[1 - holder];
+    assert!(other.claim_tenant_events(&tenant, 5).await?.is_empty(), "the other node waits for the lane");
 
-    // Processed, a tenant's events leave the queue; given back, they are
-    // claimed again in order.
-    let done: Vec<String> = claimed.iter().chain(&rest).map(|e| e.id.clone()).collect();
-    store.mark_events_processed(&done).await?;
-    let seen: Vec<String> = seen.into_iter().collect();
-    store.release_events(&seen).await?;
-    assert_eq!(store.tenants_with_queued_events("", 10).await?, [second.as_str()]);
-    assert_eq!(kinds(&store.claim_tenant_events(second, 10).await?), ["k0", "k1"]);
+    // The holder finishes: the other node takes the next events, in order.
+    nodes[holder].mark_events_processed(&batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    let next = other.claim_tenant_events(&tenant, 5).await?;
+    assert_eq!(kinds(&next), ["k5", "k6", "k7", "k8", "k9"]);
+
+    // That node dies holding them: once the lease runs out, the first node
+    // takes the lane, from the same events.
+    assert!(nodes[holder].claim_tenant_events(&tenant, 5).await?.is_empty(), "the lease still holds");
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let resumed = nodes[holder].claim_tenant_events(&tenant, 5).await?;
+    assert_eq!(kinds(&resumed), ["k5", "k6", "k7", "k8", "k9"]);
+    for node in &nodes {
+        node.close().await;
+    }
     Ok(())
 }

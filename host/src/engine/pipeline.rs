@@ -35,7 +35,11 @@
 //! tenant's lane runs, its further events wait in the queue and are claimed
 //! when the lane ends, so each tenant's events are still handled in order
 //! and a contact (which belongs to one tenant) is never handled by two
-//! lanes of this process at once. Finding tenants and claiming read the
+//! lanes at once. That holds across nodes too: a claim takes a tenant's
+//! lane only while none of its events is leased (see
+//! `Store::claim_tenant_events`), so with several nodes on one PostgreSQL
+//! database a tenant's events go to one node at a time, in order, and
+//! to another when that node's lease runs out. Finding tenants and claiming read the
 //! queue by tenant (`Store::tenants_with_queued_events`,
 //! `Store::claim_tenant_events`): a tenant's backlog, however long, costs
 //! the other tenants' claims nothing.

@@ -70,6 +70,9 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub const CLAIM_LEASE_MS: i64 = 60_000;
 /// Most events [`Store::recent_events`] returns.
 pub const MAX_RECENT: i64 = 1000;
+/// First key of the PostgreSQL advisory locks on tenants' event lanes
+/// (`"cair"`), so they cannot collide with other users of advisory locks.
+const LANE_LOCK_SPACE: i32 = 0x6361_6972;
 
 pub(crate) const EVENT_COLUMNS: &str =
     "id, tenant_id, contact_id, kind, occurred_at, properties, received_at, processed";
@@ -665,12 +668,30 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get::<String, _>("tenant_id")?)).collect()
     }
 
-    /// Claim up to `limit` of `tenant`'s unprocessed events, oldest first,
-    /// for [`CLAIM_LEASE_MS`], skipping events another worker holds (as
-    /// [`Store::claim_unprocessed_events`] does for every tenant). Reads
-    /// only this tenant's part of the queue.
+    /// Take `tenant`'s lane: claim up to `limit` of its unprocessed events,
+    /// oldest first, for [`CLAIM_LEASE_MS`] — but only while none of its
+    /// events is leased (by this process or another node), else nothing.
+    /// Reads only this tenant's part of the queue.
+    ///
+    /// A tenant's events are so handled by one lane at a time across the
+    /// whole cluster, in order, and one contact's events never by two nodes
+    /// at once; the leases are the lane's lease (a dead node's lane is
+    /// taken over when they run out). On PostgreSQL the check and the claim
+    /// run under a transaction-scoped advisory lock on the tenant, taken
+    /// without waiting: a node that finds another claiming the same tenant
+    /// at that moment claims nothing, as it would a moment later.
     pub async fn claim_tenant_events(&self, tenant: &str, limit: i64) -> Result<Vec<Event>> {
-        let turn = self.write_gate().await?;
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
+                .bind(LANE_LOCK_SPACE)
+                .bind(tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !ours {
+                return Ok(Vec::new());
+            }
+        }
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -679,17 +700,18 @@ impl Store {
         let sql = format!(
             "UPDATE events SET lease_until = $1 WHERE id IN (SELECT id FROM events WHERE tenant_id = $2 \
              AND processed = 0 AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{lock}) \
+             AND NOT EXISTS (SELECT 1 FROM events WHERE tenant_id = $2 AND processed = 0 \
+             AND lease_until IS NOT NULL AND lease_until >= $3) \
              RETURNING {EVENT_COLUMNS}"
         );
-        let rows = turn.check(
-            sqlx::query(&sql)
-                .bind(now + self.claim_lease_ms())
-                .bind(tenant)
-                .bind(now)
-                .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-                .fetch_all(&self.pool)
-                .await,
-        )?;
+        let rows = sqlx::query(&sql)
+            .bind(now + self.claim_lease_ms())
+            .bind(tenant)
+            .bind(now)
+            .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         let mut out = rows.iter().map(event_from_row).collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
