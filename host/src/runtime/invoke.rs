@@ -13,6 +13,7 @@ use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::runtime::bindings::{guest, types as wit};
+use crate::runtime::cpu_turns::CallTurns;
 use crate::runtime::description::Description;
 use crate::runtime::host::{CallScope, HostState, LogLine};
 use crate::runtime::limits::Limits;
@@ -124,7 +125,12 @@ struct Call {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-async fn begin(pre: &InstancePre<HostState>, scope: Option<CallScope>, limits: &Limits) -> Result<Call, CallError> {
+async fn begin(
+    pre: &InstancePre<HostState>,
+    scope: Option<CallScope>,
+    limits: &Limits,
+    turns: Option<CallTurns>,
+) -> Result<Call, CallError> {
     let started = Instant::now();
     let mut store = Store::new(pre.engine(), HostState::new(scope, limits.clone()));
     store.limiter(|s| &mut s.limiter);
@@ -136,10 +142,18 @@ async fn begin(pre: &InstancePre<HostState>, scope: Option<CallScope>, limits: &
     };
     store.set_fuel(limits.fuel).map_err(|e| fail(format!("setting fuel: {e}")))?;
     // The guest yields to tokio at every epoch tick, so a spinning plugin does
-    // not hold a worker thread; past the deadline the next tick interrupts it.
+    // not hold a worker thread; a tenant's call that runs on past a tick
+    // waits for a CPU turn (see `cpu_turns`); past the deadline the next
+    // tick interrupts it.
     let deadline_at = started + limits.deadline;
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline_at { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Yield(1)) }
+        if Instant::now() >= deadline_at {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(match &turns {
+            Some(turns) => UpdateDeadline::YieldCustom(1, turns.next_turn()),
+            None => UpdateDeadline::Yield(1),
+        })
     });
     store.set_epoch_deadline(1);
     let instance = match pre.instantiate_async(&mut store).await {
@@ -236,7 +250,8 @@ impl Runtime {
             return Err(unavailable());
         }
         let limits = &Limits { deadline: left, ..limits.clone() };
-        let mut call = begin(pre, Some(scope), limits).await?;
+        let turns = self.cpu_turns.for_call(&scope.tenant_id);
+        let mut call = begin(pre, Some(scope), limits, Some(turns)).await?;
         call._slot = slot;
         Ok(call)
     }
@@ -319,7 +334,7 @@ pub(crate) async fn describe(
     meta: &guest::meta::GuestIndices,
 ) -> Result<Description, LoadError> {
     let limits = runtime.limits().clone();
-    let mut call = begin(pre, None, &limits).await.map_err(|e| LoadError::DescribeFailed(e.to_string()))?;
+    let mut call = begin(pre, None, &limits, None).await.map_err(|e| LoadError::DescribeFailed(e.to_string()))?;
     let exports = meta.load(&mut call.store, &call.instance).map_err(|e| LoadError::DescribeFailed(format!("{e}")))?;
     let outcome = tokio::time::timeout(limits.deadline, exports.call_describe(&mut call.store)).await;
     let called = call.finish(outcome.map(|r| r.map(Ok))).map_err(|e| LoadError::DescribeFailed(e.to_string()))?;
@@ -358,7 +373,7 @@ impl Runtime {
     pub async fn self_test(&self, plugin: &LoadedPlugin) -> Result<Option<Vec<SelfCheck>>, CallError> {
         let Some(indices) = plugin.self_test.as_ref() else { return Ok(None) };
         let limits = self.limits().clone();
-        let mut call = begin(&plugin.pre, None, &limits).await?;
+        let mut call = begin(&plugin.pre, None, &limits, None).await?;
         let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
         let outcome = tokio::time::timeout(limits.deadline, guest.call_run(&mut call.store)).await;
         let called = call.finish(outcome.map(|r| r.map(Ok)))?;

@@ -19,6 +19,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod convert;
+pub mod cpu_turns;
 pub mod description;
 pub mod egress;
 pub mod engine;
@@ -132,6 +133,8 @@ pub struct Runtime {
     pub egress: egress::Egress,
     /// Call slots per tenant ([`Limits::tenant_concurrent_calls`]).
     tenant_slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Where tenants' long calls take turns at the CPU.
+    cpu_turns: cpu_turns::CpuTurns,
     _ticker: engine::EpochTicker,
 }
 
@@ -157,6 +160,7 @@ impl Runtime {
             limits: settings.limits,
             egress: egress::Egress::new(settings.allow_private_network)?,
             tenant_slots: Default::default(),
+            cpu_turns: cpu_turns::CpuTurns::for_this_machine(),
             _ticker: ticker,
         })
     }

@@ -1,0 +1,181 @@
+//! CPU turns: plugin calls that run long share the CPU by tenant.
+//!
+//! Almost every plugin call ends well within one epoch tick
+//! ([`super::engine::EPOCH_TICK`], 2 ms) and never meets this module. A
+//! call still running wasm at a tick is *long*, and from then on, at every
+//! tick, it waits for a **turn** before it runs on: one of its tenant's
+//! turns and one of the process's, handed out first come, first served,
+//! each lasting one tick. So:
+//!
+//! - a tenant's runaway calls, however many run at once (up to its call
+//!   slots), take turns with each other on [`CpuTurns::per_tenant`] turns:
+//!   sixteen spinning calls use one core's worth, not every core;
+//! - long calls of all tenants together hold at most the process's turns,
+//!   one fewer than the cores: there is always a core for the server's own
+//!   work (HTTP, the database, short plugin calls), whose tasks are not
+//!   queued on the workers behind dozens of spinning plugins;
+//! - a waiting call is parked, not spinning, and its deadline keeps
+//!   running (wall-clock): a runaway call ends at its deadline as before,
+//!   having used less CPU.
+//!
+//! Why not only the per-tenant call slots: they bound how many calls a
+//! tenant runs at once, not how much CPU those calls take. Measured with
+//! `cairn bench --noisy-only`: with another tenant's 16 runaway calls
+//! spinning on a 2-core machine, a well-behaved tenant's p99 was 8–15 times
+//! its p99 alone.
+//!
+//! A turn lasts one tick even when the call leaves wasm meanwhile (a long
+//! call that then waits in a host call, e.g. for an HTTP answer, gives its
+//! turn back when the tick is over; it does not keep it while it waits).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::engine::EPOCH_TICK;
+
+/// The process's and the tenants' turns.
+#[derive(Debug)]
+pub struct CpuTurns {
+    process: Arc<Semaphore>,
+    per_tenant: usize,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl CpuTurns {
+    /// Turns for a machine with `cores` cores: `cores - 1` for the process
+    /// (at least one), half of those per tenant (at least one).
+    pub fn for_cores(cores: usize) -> CpuTurns {
+        let process = cores.saturating_sub(1).max(1);
+        CpuTurns {
+            process: Arc::new(Semaphore::new(process)),
+            per_tenant: (process / 2).max(1),
+            tenants: Mutex::default(),
+        }
+    }
+
+    /// Turns for this machine ([`std::thread::available_parallelism`]).
+    pub fn for_this_machine() -> CpuTurns {
+        CpuTurns::for_cores(std::thread::available_parallelism().map(usize::from).unwrap_or(1))
+    }
+
+    /// How many long calls of one tenant run at once.
+    pub fn per_tenant(&self) -> usize {
+        self.per_tenant
+    }
+
+    /// A call's place in the turns, for a call of `tenant`.
+    pub fn for_call(&self, tenant: &str) -> CallTurns {
+        let tenant = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match tenants.get(tenant) {
+                Some(found) => found.clone(),
+                None => tenants
+                    .entry(tenant.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                    .clone(),
+            }
+        };
+        CallTurns { tenant, process: self.process.clone(), turn: Mutex::default() }
+    }
+}
+
+/// Both permits of one turn.
+type Turn = Arc<Mutex<Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>>>;
+
+/// One call's turns: the one it holds, if any, and where it queues for the
+/// next. Dropped with the call, which gives its turn back.
+#[derive(Debug)]
+pub struct CallTurns {
+    tenant: Arc<Semaphore>,
+    process: Arc<Semaphore>,
+    /// The turn held now; the timer that ends it after one tick holds it too.
+    turn: Mutex<Turn>,
+}
+
+impl CallTurns {
+    /// At an epoch tick: give back the turn held, then (in the future
+    /// returned, which wasmtime awaits before running the guest on) wait
+    /// for the next one and yield to the other tasks.
+    pub fn next_turn(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let previous = std::mem::take(&mut *self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        release(&previous);
+        let next = self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let (tenant, process) = (self.tenant.clone(), self.process.clone());
+        Box::pin(async move {
+            // The tenant's turn first: a tenant queues for the process's
+            // turns with one call at a time, so tenants alternate there.
+            if let (Ok(t), Ok(p)) = (tenant.acquire_owned().await, process.acquire_owned().await.map_err(|_| ())) {
+                *next.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((t, p));
+                let ending = next.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(EPOCH_TICK).await;
+                    release(&ending);
+                });
+            }
+            tokio::task::yield_now().await;
+        })
+    }
+}
+
+impl Drop for CallTurns {
+    fn drop(&mut self) {
+        release(&self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
+}
+
+fn release(turn: &Turn) {
+    drop(turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_machine_keeps_a_core_for_the_server() {
+        let two = CpuTurns::for_cores(2);
+        assert_eq!(two.process.available_permits(), 1);
+        assert_eq!(two.per_tenant(), 1);
+        let one = CpuTurns::for_cores(1);
+        assert_eq!(one.process.available_permits(), 1);
+        let eight = CpuTurns::for_cores(8);
+        assert_eq!(eight.process.available_permits(), 7);
+        assert_eq!(eight.per_tenant(), 3);
+    }
+
+    // Paused time: a turn's one-tick timer cannot end it mid-test on a slow machine.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenants_long_calls_take_turns_and_give_them_back() {
+        let turns = CpuTurns::for_cores(8);
+        let calls: Vec<CallTurns> = (0..4).map(|_| turns.for_call("a")).collect();
+        for call in &calls[..3] {
+            call.next_turn().await;
+        }
+        // The tenant's three turns are held: the fourth call waits.
+        let mut fourth = calls[3].next_turn();
+        assert!(futures_poll_once(&mut fourth).await.is_none(), "a fourth call of the tenant waits");
+        // Another tenant is not held up by it.
+        turns.for_call("b").next_turn().await;
+        // A call that moves on to its next turn gives its turn back.
+        let _next = calls[0].next_turn();
+        fourth.await;
+        assert_eq!(turns.process.available_permits(), 7 - 3, "the three calls of `a` holding a turn");
+        // Dropped calls give back what they hold.
+        drop(calls);
+        assert_eq!(turns.process.available_permits(), 7);
+    }
+
+    /// Poll once: `Some` when the future finished.
+    async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match Pin::new(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
