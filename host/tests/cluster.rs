@@ -65,6 +65,24 @@ fn running(server: &Server, tenant: &str, install: &str) -> Option<String> {
     server.state.registry.get(tenant, install).map(|a| a.plugin.description.version.clone())
 }
 
+/// The ids of the workflows `server` runs for `tenant` (from its cache).
+async fn active_workflows(server: &Server, tenant: &str) -> Vec<String> {
+    server.state.workflows.active(tenant).await.unwrap().iter().map(|w| w.id.clone()).collect()
+}
+
+/// How long until the workflows `server` runs for `tenant` pass `check`.
+async fn workflows_seen(what: &str, server: &Server, tenant: &str, check: impl Fn(Vec<String>) -> bool) -> Duration {
+    let started = Instant::now();
+    wait_for(PROPAGATION_BOUND, || {
+        let active = active_workflows(server, tenant);
+        let check = &check;
+        async move { Ok(check(active.await).then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{what} did not reach the other node: {e}"));
+    started.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn installs_upgrades_rollbacks_and_removals_made_on_one_node_reach_the_others() {
     let db = TempPostgres::create().await.expect("PostgreSQL is up");
@@ -119,10 +137,31 @@ async fn installs_upgrades_rollbacks_and_removals_made_on_one_node_reach_the_oth
         delays.push(seen("disabling", || running(other, &tenant, &id).is_none()).await);
     }
 
+    // A workflow activated on node 1 is live on the others (each caches a
+    // tenant's active workflows): enrollments there use it; archived, it goes.
+    for other in [&two, &three] {
+        assert!(active_workflows(other, &tenant).await.is_empty(), "nothing active yet (and now cached)");
+    }
+    let workflow = json!({
+        "name": "follow up",
+        "trigger": {"type": "event", "kind": "cluster_probe"},
+        "steps": [{"id": "wait", "type": "delay", "duration": "1d"}]
+    });
+    let created = client.ok(Method::POST, "/v1/workflows?activate=true", Some(workflow)).await.unwrap();
+    let workflow_id = created["workflow"]["id"].as_str().unwrap().to_string();
+    for other in [&two, &three] {
+        delays.push(workflows_seen("a workflow activation", other, &tenant, |ids| ids == [workflow_id.clone()]).await);
+    }
+    client.ok(Method::POST, &format!("/v1/workflows/{workflow_id}/archive"), Some(json!({}))).await.unwrap();
+    for other in [&two, &three] {
+        delays.push(workflows_seen("a workflow archived", other, &tenant, |ids| ids.is_empty()).await);
+    }
+
     let slowest = delays.iter().max().copied().unwrap_or_default();
     eprintln!(
         "cluster propagation: uploads compiled ahead on nodes 2 and 3 within {compiled_ahead:?}; {} changes \
-         seen by 2 other nodes, slowest {slowest:?} (install, upgrade, rollback, disable; each node 2, node 3): \
+         seen by 2 other nodes, slowest {slowest:?} (install, upgrade, rollback, disable, workflow activated, \
+         archived; each node 2, node 3): \
          {delays:?}",
         delays.len() / 2
     );
