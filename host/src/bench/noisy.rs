@@ -22,7 +22,8 @@
 //! The figures are B's p99 in each noisy phase over B's p99 alone (goal: at
 //! most 1.5). The first isolates the engine's own fairness (does a stuck
 //! tenant hold other tenants' events?); the second adds competition for the
-//! CPU, which on a small machine the runaway guests take whole.
+//! CPU, which the runaway guests would take whole on a small machine if CPU
+//! turns (`runtime::cpu_turns`) did not hold them to one core's worth.
 //!
 //! Two limits differ from the defaults, on purpose:
 //! - the circuit breaker is off (`breaker_failures` 0) so A stays noisy for
