@@ -19,8 +19,7 @@
 //! Then one transaction records last activity, scores, score history, stage
 //! changes with their `lifecycle_stage_changed` events, the enrollments
 //! (with the store's enrollment rules), and marks the lane's events
-//! processed (on SQLite a large batch takes several, whole contacts each, so
-//! that other tenants' writes are not held up: see `write_turns`): a run never starts from the score before the event that
+//! processed: a run never starts from the score before the event that
 //! enrolled it. A crash in between re-runs the batch after restart: scoring
 //! is idempotent, a stage only moves forward, and enrollments are keyed by
 //! the event that caused them. A lane that fails gives its events back to
@@ -67,9 +66,6 @@ use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, V
 const BATCH: i64 = 1024;
 /// Contacts handled concurrently within a lane.
 const CONCURRENT_CONTACTS: usize = 16;
-/// Statements (roughly) one SQLite transaction of a lane writes before the
-/// next takes its turn at the writer (see [`write_turns`]).
-const WRITE_TURN: usize = 128;
 /// Lanes running at once. With [`CONCURRENT_CONTACTS`] each, this bounds the
 /// pipeline's plugin calls in flight (the engine's instance pool holds 256)
 /// and the claimed events held in memory; up to `MAX_LANES - 1` tenants
@@ -326,29 +322,21 @@ impl Pipeline {
         for event in claimed {
             by_contact.entry(event.contact_id.clone()).or_default().push(event);
         }
-        let ids_by_contact: BTreeMap<String, Vec<String>> =
-            by_contact.iter().map(|(c, events)| (c.clone(), events.iter().map(|e| e.id.clone()).collect())).collect();
         let updates = self.process_tenant(tenant, by_contact).await?;
         let processed_in = started.elapsed();
-        // A contact's activity, score, enrollments and its events marked
-        // "processed" land together, in one transaction. On SQLite, whose
-        // one writer every tenant's writes wait for, a large batch is
-        // written in several (see `write_turns`).
-        let turn_size = if self.store.backend() == store::Backend::Sqlite { WRITE_TURN } else { usize::MAX };
-        let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
-        let has_stage_change = updates.iter().any(|u| u.stage_change.is_some());
-        for (turn_updates, turn_ids) in write_turns(updates, ids_by_contact, turn_size) {
-            let decided = self.store.finish_batch(&turn_updates, &turn_ids).await?;
-            self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
-        }
+        // One transaction: activity, scores, enrollments and "processed"
+        // land together.
+        let decided = self.store.finish_batch(&updates, &ids).await?;
+        self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
         // Goals read the contact as written just now (score, stage).
+        let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
         if !touched.is_empty()
             && let Err(e) = self.workflows.check_goals(tenant, &touched).await
         {
             // Not fatal: every goal is checked again when its run wakes.
             tracing::warn!(tenant, "checking workflow goals failed: {e}");
         }
-        if has_stage_change {
+        if updates.iter().any(|u| u.stage_change.is_some()) {
             // The lifecycle events just committed are work for the next round.
             self.committed.notify_one();
         }
@@ -662,44 +650,6 @@ pub(crate) fn log_panic(ended: Result<(), tokio::task::JoinError>) {
 
 /// Keep a finished contact's update; a contact that failed is logged and
 /// its batch still completes (its events are not retried forever).
-/// Split a lane's writes into transactions of about `turn_size` statements
-/// each, whole contacts at a time: (the contacts' updates, their events'
-/// ids). Events of contacts without an update (deleted meanwhile, or whose
-/// processing failed) go with the last.
-///
-/// Why: SQLite has one writer, and a transaction holds it for all tenants.
-/// A tenant's batch of 1000 events enrolling hundreds of contacts wrote for
-/// 80–240 ms in one transaction (`cairn bench --noisy-only`, debug log
-/// `pipeline lane`), and every other tenant's events, commits and steps
-/// waited that long. A crash between two turns leaves the rest of the batch
-/// unprocessed and claimed again: each contact's share is all or nothing.
-fn write_turns(
-    updates: Vec<ContactUpdate>,
-    mut ids_by_contact: BTreeMap<String, Vec<String>>,
-    turn_size: usize,
-) -> Vec<(Vec<ContactUpdate>, Vec<String>)> {
-    let mut turns = Vec::new();
-    let (mut current, mut ids, mut size) = (Vec::new(), Vec::new(), 0usize);
-    for update in updates {
-        let events = ids_by_contact.remove(&update.contact_id).unwrap_or_default();
-        // Roughly the statements this contact costs: its updates, one per
-        // enrollment and a few more, and a share of the "processed" update.
-        size += 2 + 4 * update.enrollments.len() + events.len() / 16;
-        ids.extend(events);
-        current.push(update);
-        if size >= turn_size {
-            turns.push((std::mem::take(&mut current), std::mem::take(&mut ids)));
-            size = 0;
-        }
-    }
-    ids.extend(ids_by_contact.into_values().flatten());
-    match turns.last_mut() {
-        Some((_, last_ids)) if current.is_empty() => last_ids.extend(ids),
-        _ => turns.push((current, ids)),
-    }
-    turns
-}
-
 fn collect(done: Result<Result<ContactUpdate, StoreError>, tokio::task::JoinError>, updates: &mut Vec<ContactUpdate>) {
     match done {
         Ok(Ok(update)) => updates.push(update),
@@ -734,57 +684,4 @@ fn history_query<'a>(installs: impl Iterator<Item = &'a Arc<ActiveInstall>>) -> 
     kinds.sort();
     kinds.dedup();
     Some((days, kinds, max.max(1)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn update(contact: &str, enrollments: usize) -> ContactUpdate {
-        let enrollment = crate::store::Enrollment {
-            tenant_id: "t".into(),
-            workflow_id: "w".into(),
-            version: 1,
-            contact_id: contact.into(),
-            first_step: Some("s".into()),
-            trigger_event_id: None,
-            enrollment_key: format!("e-{contact}"),
-            reenroll: false,
-            min_interval_ms: None,
-            max_per_day: 100,
-            at: 0,
-        };
-        ContactUpdate {
-            tenant_id: "t".into(),
-            contact_id: contact.into(),
-            last_activity_at: Some(1),
-            score: None,
-            stage_change: None,
-            enrollments: vec![enrollment; enrollments],
-        }
-    }
-
-    #[test]
-    fn a_large_batch_is_written_in_turns_of_whole_contacts_and_no_event_is_left_out() {
-        let updates: Vec<ContactUpdate> = (0..10).map(|i| update(&format!("c{i}"), 3)).collect();
-        let mut ids: BTreeMap<String, Vec<String>> =
-            (0..10).map(|i| (format!("c{i}"), vec![format!("c{i}-e1"), format!("c{i}-e2")])).collect();
-        // A contact deleted meanwhile: no update, but its event is processed.
-        ids.insert("gone".into(), vec!["gone-e1".into()]);
-        let turns = write_turns(updates.clone(), ids.clone(), 28);
-        assert_eq!(turns.len(), 5, "14 statements per contact, 28 per turn: two contacts a turn");
-        for (turn_updates, turn_ids) in &turns[..4] {
-            for u in turn_updates {
-                assert!(turn_ids.contains(&format!("{}-e1", u.contact_id)), "a contact's events go with it");
-            }
-        }
-        let all: Vec<String> = turns.iter().flat_map(|(_, ids)| ids.clone()).collect();
-        assert_eq!(all.len(), 21, "every event is marked once");
-        assert!(turns.last().is_some_and(|(_, ids)| ids.contains(&"gone-e1".to_string())));
-
-        // Unbounded (PostgreSQL): one transaction, as before.
-        assert_eq!(write_turns(updates, ids, usize::MAX).len(), 1);
-        // Nothing to write: still one (empty) turn.
-        assert_eq!(write_turns(Vec::new(), BTreeMap::new(), 28).len(), 1);
-    }
 }

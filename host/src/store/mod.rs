@@ -206,6 +206,22 @@ pub(crate) struct WriteGate {
 pub(crate) struct WriteTurn {
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     gate: Option<Arc<WriteGate>>,
+    /// Where the turn was taken and when, for the slow-turn log.
+    taken: Option<(&'static std::panic::Location<'static>, std::time::Instant)>,
+}
+
+/// A write turn held longer than this is logged (debug level) with the
+/// code that took it: every other writer of the process waited as long.
+const SLOW_WRITE_TURN: Duration = Duration::from_millis(20);
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        if let Some((at, since)) = self.taken
+            && since.elapsed() >= SLOW_WRITE_TURN
+        {
+            tracing::debug!(held_ms = since.elapsed().as_millis() as u64, %at, "slow SQLite write turn");
+        }
+    }
 }
 
 impl WriteTurn {
@@ -413,8 +429,13 @@ impl Store {
     /// Begin a transaction that will write. On SQLite it takes the write lock
     /// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and
     /// then writes can fail with "database is locked" without waiting.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
-        let turn = self.write_gate().await?;
+    #[track_caller]
+    pub(crate) fn begin_write(&self) -> impl std::future::Future<Output = Result<WriteTx>> + Send + '_ {
+        let turn = self.write_gate();
+        async move { self.begin_write_in(turn.await?).await }
+    }
+
+    async fn begin_write_in(&self, turn: WriteTurn) -> Result<WriteTx> {
         let tx = match self.backend {
             Backend::Sqlite => turn.check(self.pool.begin_with("BEGIN IMMEDIATE").await)?,
             Backend::Postgres => self.pool.begin().await?,
@@ -432,16 +453,24 @@ impl Store {
     /// another program holds the file, and queued writers would each wait
     /// that long again in turn (a client's request behind three background
     /// writers would hang for four timeouts instead of failing after one).
-    pub(crate) async fn write_gate(&self) -> Result<WriteTurn> {
-        let Some(gate) = &self.write_gate else {
-            return Ok(WriteTurn { _guard: None, gate: None });
-        };
-        let seen = gate.lock_timeouts.load(Ordering::Acquire);
-        let guard = gate.turn.clone().lock_owned().await;
-        if gate.lock_timeouts.load(Ordering::Acquire) != seen {
-            return Err(StoreError::Locked);
+    #[track_caller]
+    pub(crate) fn write_gate(&self) -> impl std::future::Future<Output = Result<WriteTurn>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let Some(gate) = &self.write_gate else {
+                return Ok(WriteTurn { _guard: None, gate: None, taken: None });
+            };
+            let seen = gate.lock_timeouts.load(Ordering::Acquire);
+            let guard = gate.turn.clone().lock_owned().await;
+            if gate.lock_timeouts.load(Ordering::Acquire) != seen {
+                return Err(StoreError::Locked);
+            }
+            Ok(WriteTurn {
+                _guard: Some(guard),
+                gate: Some(gate.clone()),
+                taken: Some((caller, std::time::Instant::now())),
+            })
         }
-        Ok(WriteTurn { _guard: Some(guard), gate: Some(gate.clone()) })
     }
 
     /// Row lock for read-modify-write selects inside a write transaction
