@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use backends::settle;
 use cairn::catalog::guest_bytes;
 use cairn::demo::{Client, wait_for};
 use cairn::engine::Clock;
@@ -230,17 +231,6 @@ async fn a_tenant_whose_workflow_action_hangs_does_not_hold_another_tenants_step
 // ---- the queue by tenant, on both backends ------------------------------
 
 on_both_backends!(the_queue_is_read_by_tenant);
-
-/// Mark every pending event processed (the setup's `contact_created`).
-async fn settle(store: &Store) -> anyhow::Result<()> {
-    loop {
-        let claimed = store.claim_unprocessed_events(1000).await?;
-        if claimed.is_empty() {
-            return Ok(());
-        }
-        store.mark_events_processed(&claimed.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()).await?;
-    }
-}
 
 async fn the_queue_is_read_by_tenant(store: Store) -> anyhow::Result<()> {
     let mut tenants = Vec::new();

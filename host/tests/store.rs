@@ -11,6 +11,7 @@
 mod backends;
 
 use anyhow::Context;
+use backends::settle;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
@@ -64,18 +65,6 @@ fn props(pairs: &[(&str, Value)]) -> Properties {
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
-}
-
-/// Mark every pending event processed: the `contact_created` events of a
-/// test's setup would otherwise be claimed along with the events under test.
-async fn settle(store: &Store) -> anyhow::Result<()> {
-    loop {
-        let claimed = store.claim_unprocessed_events(1000).await?;
-        if claimed.is_empty() {
-            return Ok(());
-        }
-        store.mark_events_processed(&claimed.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()).await?;
-    }
 }
 
 async fn contact(store: &Store, tenant: &str, email: &str) -> anyhow::Result<String> {

@@ -33,3 +33,16 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Mark every pending event processed: the `contact_created` events of a
+/// test's setup would otherwise be claimed along with the events under test.
+#[allow(dead_code)] // Not every test file that runs on both backends claims events.
+pub async fn settle(store: &cairn::store::Store) -> anyhow::Result<()> {
+    loop {
+        let claimed = store.claim_unprocessed_events(1000).await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        store.mark_events_processed(&claimed.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()).await?;
+    }
+}
