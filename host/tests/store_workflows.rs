@@ -17,9 +17,9 @@ use anyhow::Context;
 use cairn::clock::Clock;
 use cairn::store::testing::{TempPostgres, TempSqlite};
 use cairn::store::{
-    ContactPatch, EnrollOutcome, Enrollment, Event, InputStatus, InvocationRecord, MAX_STEP_JSON, NewContact, NewEvent,
-    NewTask, Page, Properties, Run, RunFilter, RunProgress, RunStep, Store, StoreError, TimelineEntry, Value, Workflow,
-    new_id, now_ms,
+    ContactPatch, ContactUpdate, EnrollOutcome, Enrollment, Event, InputStatus, InvocationRecord, MAX_STEP_JSON,
+    NewContact, NewEvent, NewTask, Page, Properties, Run, RunFilter, RunProgress, RunStep, Store, StoreError,
+    TimelineEntry, Value, Workflow, new_id, now_ms,
 };
 use serde_json::json;
 
@@ -28,6 +28,7 @@ on_both_backends!(
     a_tenant_sees_none_of_another_tenants_workflows_or_runs,
     enrollments_are_refused_by_key_in_flight_reenrollment_interval_and_daily_cap,
     concurrent_enrollments_of_one_contact_create_one_run,
+    a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules,
     due_runs_are_claimed_by_wake_time_and_held_by_their_lease,
     saved_progress_and_step_records_round_trip,
     action_calls_are_saved_with_their_step_in_one_transaction,
@@ -376,6 +377,60 @@ async fn concurrent_enrollments_of_one_contact_create_one_run(store: Store) -> a
     assert_eq!(runs, 1, "{outcomes:?}");
     assert_eq!(outcomes.iter().filter(|o| **o == EnrollOutcome::InFlight).count(), 7);
     assert_eq!(store.in_flight_runs(&t, std::slice::from_ref(&c)).await?.len(), 1);
+    Ok(())
+}
+
+/// A pipeline batch that enrolls one contact many times (every event of a
+/// busy contact) gets, enrollment by enrollment, what one transaction of
+/// `enroll` would answer, also when the batch is finished again after a
+/// crash (its keys are used).
+async fn a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules(store: Store) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let c = contact(&store, &t, "ann@example.com").await?;
+    let other = contact(&store, &t, "bob@example.com").await?;
+    let w = workflow(&store, &t, "Welcome").await?;
+    let e = |contact: &str, key: &str| enrollment(&t, &w.id, contact, key, T0);
+    let update = |contact: &str, enrollments: Vec<Enrollment>| ContactUpdate {
+        tenant_id: t.clone(),
+        contact_id: contact.to_owned(),
+        last_activity_at: Some(T0),
+        score: None,
+        stage_change: None,
+        enrollments,
+    };
+    let no_steps = |key: &str| Enrollment { first_step: None, ..e(&other, key) };
+    let batch = [
+        update(&c, vec![e(&c, "k1"), e(&c, "k1"), e(&c, "k2"), e(&c, "k3"), enrollment(&t, "gone", &c, "k4", T0)]),
+        // Completed at once: nothing stays in flight, each enrolls.
+        update(&other, vec![no_steps("o1"), no_steps("o2"), e(&other, "o3"), e(&other, "o4")]),
+    ];
+    // The batch is written contact by contact, in id order.
+    let decided = store.finish_batch(&batch, &[]).await?;
+    let of = |contact: &str| -> Vec<Option<EnrollOutcome>> {
+        decided.iter().filter(|(e, _)| e.contact_id == contact).map(|(_, o)| o.clone()).collect()
+    };
+    let ann = of(&c);
+    assert!(matches!(ann[0], Some(EnrollOutcome::Enrolled(_))), "{ann:?}");
+    assert_eq!(
+        ann[1..],
+        [Some(EnrollOutcome::Duplicate), Some(EnrollOutcome::InFlight), Some(EnrollOutcome::InFlight), None]
+    );
+    let bob = of(&other);
+    assert!(bob[..3].iter().all(|o| matches!(o, Some(EnrollOutcome::Enrolled(_)))), "{bob:?}");
+    assert_eq!(bob[3], Some(EnrollOutcome::InFlight));
+
+    // Finished again (a crash before the lane's events were marked): an
+    // unused key behind a waiting run is in flight, a used one a duplicate,
+    // in whichever order they come.
+    let again = [update(&c, vec![e(&c, "k5"), e(&c, "k1"), e(&c, "k6")])];
+    let outcomes: Vec<Option<EnrollOutcome>> =
+        store.finish_batch(&again, &[]).await?.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        outcomes,
+        [Some(EnrollOutcome::InFlight), Some(EnrollOutcome::Duplicate), Some(EnrollOutcome::InFlight)]
+    );
+    let runs = store.list_runs(&t, &RunFilter::default(), None, 100).await?.items;
+    assert_eq!(runs.len(), 4, "one run of ann's, three of bob's");
     Ok(())
 }
 

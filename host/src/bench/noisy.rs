@@ -57,6 +57,7 @@ use crate::catalog::{GUEST_DIR, guest_bytes};
 use crate::demo::Client;
 use crate::engine::Clock;
 use crate::server::{self, Server, ServerConfig};
+use crate::store::Store;
 
 /// B's events per second, across its clients.
 const B_RATE: u64 = 200;
@@ -266,7 +267,8 @@ async fn set_up_a(
 /// and how long each `POST` took to be answered (ms).
 struct Sent {
     at: HashMap<String, Instant>,
-    answered_ms: Vec<f64>,
+    /// By email: how long its `POST` took to be answered, ms.
+    answered_ms: HashMap<String, f64>,
 }
 
 /// B's paced load for `duration`: one event per request, each for a new
@@ -292,23 +294,23 @@ async fn b_load(url: &str, key: &str, phase: &str, duration: Duration) -> anyhow
             Ok::<_, anyhow::Error>(sent)
         });
     }
-    let mut sent = Sent { at: HashMap::new(), answered_ms: Vec::new() };
+    let mut sent = Sent { at: HashMap::new(), answered_ms: HashMap::new() };
     while let Some(r) = clients.join_next().await {
         for (email, at, answered) in r?? {
+            sent.answered_ms.insert(email.clone(), answered);
             sent.at.insert(email, at);
-            sent.answered_ms.push(answered);
         }
     }
     Ok(sent)
 }
 
-/// B's latencies (ms) for the events in `sent`, once every webhook arrived
-/// or `patience` passed; and how many never arrived.
+/// B's latencies (ms) by email for the events in `sent`, once every
+/// webhook arrived or `patience` passed; and how many never arrived.
 async fn b_latencies(
     hooks: &Hooks,
     sent: &HashMap<String, Instant>,
     patience: Duration,
-) -> anyhow::Result<(Vec<f64>, usize)> {
+) -> anyhow::Result<(HashMap<String, f64>, usize)> {
     let until = Instant::now() + patience;
     loop {
         let done = {
@@ -321,11 +323,14 @@ async fn b_latencies(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let arrived = hooks.arrived.lock().map_err(|_| anyhow::anyhow!("receiver lock poisoned"))?;
-    let latencies: Vec<f64> = sent
+    let latencies: HashMap<String, f64> = sent
         .iter()
-        .filter_map(|(email, at)| arrived.get(email).map(|got| got.duration_since(*at).as_secs_f64() * 1000.0))
+        .filter_map(|(email, at)| {
+            arrived.get(email).map(|got| (email.clone(), got.duration_since(*at).as_secs_f64() * 1000.0))
+        })
         .collect();
-    Ok((latencies.clone(), sent.len() - latencies.len()))
+    let missing = sent.len() - latencies.len();
+    Ok((latencies, missing))
 }
 
 /// Wait until `tenant` has no unprocessed events.
@@ -409,34 +414,74 @@ fn ms(v: &[f64], p: f64) -> f64 {
     (percentile(v.to_vec(), p) * 10.0).round() / 10.0
 }
 
+/// Where B's load goes and how it is measured.
+struct BLoad<'a> {
+    url: String,
+    key: String,
+    tenant: String,
+    hooks: &'a Hooks,
+    store: &'a Store,
+    /// How long to wait for a phase's last webhooks.
+    patience: Duration,
+}
+
+/// Where one of B's events spent its time, ms: from accepted to the
+/// enrollment decision (the pipeline's pickup, reads and scoring), from
+/// there to its step's start (the pipeline's commit and the runner's
+/// pickup), and the step (the webhook call).
+const STAGES: [&str; 3] = ["accepted_to_enrolled_ms", "enrolled_to_step_ms", "step_ms"];
+
+/// Each of a phase's events' stages (see [`STAGES`]), by contact email,
+/// read from the store: the event's `received_at`, its run's
+/// `enrolled_at`, its step's `started_at` and `finished_at`.
+async fn b_stages(load: &BLoad<'_>, phase: &str) -> anyhow::Result<HashMap<String, [f64; 3]>> {
+    let rows = sqlx::query(
+        "SELECT c.email, e.received_at, r.enrolled_at, s.started_at, s.finished_at \
+         FROM workflow_runs r JOIN contacts c ON c.id = r.contact_id \
+         JOIN events e ON e.id = r.trigger_event_id JOIN run_steps s ON s.run_id = r.id \
+         WHERE r.tenant_id = $1 AND c.email LIKE $2",
+    )
+    .bind(&load.tenant)
+    .bind(format!("{phase}-%"))
+    .fetch_all(load.store.pool())
+    .await?;
+    let mut stages = HashMap::with_capacity(rows.len());
+    for row in rows {
+        use sqlx::Row;
+        let (email, received, enrolled, started): (String, i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        let finished: Option<i64> = row.try_get(4)?;
+        let step = finished.map_or(f64::NAN, |f| (f - started) as f64);
+        stages.insert(email, [(enrolled - received) as f64, (started - enrolled) as f64, step]);
+    }
+    Ok(stages)
+}
+
 /// One phase of B's load, measured.
 struct Phase {
     sent: Sent,
-    /// Webhook latencies, ms, of the events whose webhook came.
-    latencies: Vec<f64>,
+    /// Webhook latencies, ms, of the events whose webhook came, by email.
+    latencies: HashMap<String, f64>,
     /// Events whose webhook did not come within the patience.
     missing: usize,
+    /// Each event's stages (see [`STAGES`]), by email.
+    stages: HashMap<String, [f64; 3]>,
 }
 
 impl Phase {
-    /// B's load for `duration`, then its webhooks, waited for up to `patience`.
-    async fn run(
-        url: &str,
-        key: &str,
-        hooks: &Hooks,
-        name: &str,
-        duration: Duration,
-        patience: Duration,
-    ) -> anyhow::Result<Phase> {
-        let sent = b_load(url, key, name, duration).await?;
-        let (latencies, missing) = b_latencies(hooks, &sent.at, patience).await?;
-        Ok(Phase { sent, latencies, missing })
+    /// B's load for `duration`, then its webhooks, waited for up to the
+    /// load's patience.
+    async fn run(load: &BLoad<'_>, name: &str, duration: Duration) -> anyhow::Result<Phase> {
+        let sent = b_load(&load.url, &load.key, name, duration).await?;
+        let (latencies, missing) = b_latencies(load.hooks, &sent.at, load.patience).await?;
+        let stages = b_stages(load, name).await?;
+        Ok(Phase { sent, latencies, missing, stages })
     }
 
     /// Latencies with the missing events counted as infinitely late (so
     /// with more than 1% missing the p99 is not finite: `null` in JSON).
     fn all(&self) -> Vec<f64> {
-        let mut all = self.latencies.clone();
+        let mut all: Vec<f64> = self.latencies.values().copied().collect();
         all.extend(std::iter::repeat_n(f64::INFINITY, self.missing));
         all
     }
@@ -445,14 +490,40 @@ impl Phase {
         percentile(self.all(), 0.99)
     }
 
-    /// Webhook latencies and how long the `POST`s took to be answered.
+    /// Webhook latencies, how long the `POST`s took to be answered, and
+    /// where the slowest 1% of events spent their time: the mean of each
+    /// stage over them (the stages of a p99 do not add up to it).
     fn summary(&self) -> Value {
         let all = self.all();
+        let answered: Vec<f64> = self.sent.answered_ms.values().copied().collect();
+        let p99 = self.p99();
+        let slowest: Vec<&String> = self.latencies.iter().filter(|(_, l)| **l >= p99).map(|(e, _)| e).collect();
+        let mean = |v: Vec<f64>| {
+            let v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+            (v.iter().sum::<f64>() / v.len().max(1) as f64 * 10.0).round() / 10.0
+        };
+        let mut tail = serde_json::Map::new();
+        tail.insert("events".into(), json!(slowest.len()));
+        tail.insert(
+            "post_answered_ms".into(),
+            json!(mean(slowest.iter().filter_map(|e| self.sent.answered_ms.get(*e).copied()).collect())),
+        );
+        for (i, stage) in STAGES.iter().enumerate() {
+            let v = slowest.iter().filter_map(|e| self.stages.get(*e).map(|s| s[i])).collect();
+            tail.insert((*stage).into(), json!(mean(v)));
+        }
+        let mut stages = serde_json::Map::new();
+        for (i, stage) in STAGES.iter().enumerate() {
+            let v: Vec<f64> = self.stages.values().map(|s| s[i]).filter(|x| x.is_finite()).collect();
+            stages.insert((*stage).into(), json!({"p50": ms(&v, 0.5), "p99": ms(&v, 0.99)}));
+        }
         json!({
             "sent": self.sent.at.len(), "delivered": self.latencies.len(), "missing": self.missing,
             "p50_ms": ms(&all, 0.5), "p99_ms": ms(&all, 0.99), "max_ms": ms(&all, 1.0),
-            "post_answered_p50_ms": ms(&self.sent.answered_ms, 0.5),
-            "post_answered_p99_ms": ms(&self.sent.answered_ms, 0.99),
+            "post_answered_p50_ms": ms(&answered, 0.5),
+            "post_answered_p99_ms": ms(&answered, 0.99),
+            "stages": stages,
+            "slowest_1pct_mean": tail,
         })
     }
 
@@ -470,20 +541,31 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
     let receiver = start_receiver().await?;
     let server = start(dir).await?;
     let url = server.url();
-    let hooks = &receiver.hooks;
     let b_key = set_up_b(&server, receiver.addr).await?;
     let (a, a_key, mut a_installs, a_contacts) = set_up_a(&server, receiver.addr, waiting_guests).await?;
     let a_tenant = a.ok(Method::GET, "/v1/tenant", None).await?["id"].as_str().context("tenant id")?.to_string();
     let duration = if quick { Duration::from_secs(4) } else { Duration::from_secs(10) };
     let patience = if quick { Duration::from_secs(20) } else { Duration::from_secs(60) };
+    let b_tenant = Client::new(&url, &b_key).ok(Method::GET, "/v1/tenant", None).await?["id"]
+        .as_str()
+        .context("tenant id")?
+        .to_string();
+    let b = BLoad {
+        url: url.clone(),
+        key: b_key,
+        tenant: b_tenant,
+        hooks: &receiver.hooks,
+        store: &server.state.store,
+        patience,
+    };
     // Creating A's contacts queued a `contact_created` event each, which
     // A's runaway scorer takes seconds over: B's first phase must not run
     // beside them.
     quiet(&server, &a_tenant).await?;
 
     // Warm-up (connections, SQLite pages), then B alone.
-    Phase::run(&url, &b_key, hooks, "warm", Duration::from_secs(1), patience).await?;
-    let alone = Phase::run(&url, &b_key, hooks, "alone", duration, patience).await?;
+    Phase::run(&b, "warm", Duration::from_secs(1)).await?;
+    let alone = Phase::run(&b, "alone", duration).await?;
 
     // A floods; a second later its plugins are stuck when B's load starts.
     let (_, a_processed_before) = server.state.store.event_counts(&a_tenant).await?;
@@ -492,12 +574,12 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
     let a_started = Instant::now();
     let mut senders = a_flood(&url, &a_key, Arc::new(a_contacts), stop.clone(), flood.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let waiting = Phase::run(&url, &b_key, hooks, "waiting", duration, patience).await?;
+    let waiting = Phase::run(&b, "waiting", duration).await?;
 
     // A's scorers that burn CPU join A's next rounds.
     a_installs.extend(install_guests(&a, burning_guests).await?);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let burning = Phase::run(&url, &b_key, hooks, "burning", duration, patience).await?;
+    let burning = Phase::run(&b, "burning", duration).await?;
     stop.store(true, Ordering::Relaxed);
     while senders.join_next().await.is_some() {}
     let a_for = a_started.elapsed();

@@ -16,7 +16,7 @@ use crate::store::contacts::{CONTACT_COLUMNS, MAX_REASONS, contact_from_row, loa
 use crate::store::error::{Result, StoreError};
 use crate::store::events::insert_system_event;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
-use crate::store::{Backend, Contact, EnrollOutcome, Enrollment, Event, Properties, Store, new_id};
+use crate::store::{Backend, Contact, EnrollOutcome, Enrollment, Event, Properties, Store, Writer, new_id};
 
 /// What the pipeline learned about one contact in a batch.
 #[derive(Debug, Clone)]
@@ -167,7 +167,9 @@ impl Store {
         processed: &[String],
     ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
         let at = self.now();
-        let mut tx = self.begin_write().await?;
+        // A lane's updates are all of its tenant's.
+        let writer = updates.first().map_or(Writer::Shared, |u| Writer::Tenant(&u.tenant_id));
+        let mut tx = self.begin_write_for(writer).await?;
         // First, so that on PostgreSQL two nodes finishing the same events
         // (a claim that outlived its lease) queue on the rows' locks and the
         // second finds them processed: it rolls back, and every event's
@@ -265,8 +267,9 @@ impl Store {
             .await?;
         }
         let mut outcomes = Vec::new();
+        let mut memo = crate::store::runs::EnrollMemo::default();
         for e in updates.iter().flat_map(|u| &u.enrollments) {
-            let outcome = crate::store::runs::enroll_if_present(&mut tx, self.backend, e).await?;
+            let outcome = crate::store::runs::enroll_if_present(&mut tx, self.backend, e, &mut memo).await?;
             outcomes.push((e.clone(), outcome));
         }
         tx.commit().await?;

@@ -56,7 +56,7 @@ use crate::store::invocations::{INVOCATION_COLUMNS, InvocationRecord, invocation
 use crate::store::runs::{RUN_STEP_COLUMNS, RunStep, run_step_from_row};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_ROWS_PER_INSERT, Params, pow2_chunks};
 use crate::store::value::{Properties, decode_properties, encode_properties};
-use crate::store::{Backend, Store, new_id, now_ms};
+use crate::store::{Backend, Store, Writer, new_id, now_ms};
 
 /// Most events in one batch: a batch is one transaction, and on SQLite a
 /// transaction holds the only write lock; a huge batch would stall every
@@ -436,7 +436,7 @@ impl Store {
             .collect();
         let mut outcomes = Vec::new();
         if reqs.iter().any(|r| r.ok() && !r.events.is_empty()) {
-            let mut tx = self.begin_write().await?;
+            let mut tx = self.begin_write_for(Writer::Intake).await?;
             outcomes = self.write_requests(&mut tx, &mut reqs, now).await?;
             tx.commit().await?;
         }
@@ -681,7 +681,7 @@ impl Store {
     /// without waiting: a node that finds another claiming the same tenant
     /// at that moment claims nothing, as it would a moment later.
     pub async fn claim_tenant_events(&self, tenant: &str, limit: i64) -> Result<Vec<Event>> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_for(Writer::Tenant(tenant)).await?;
         if self.backend == Backend::Postgres {
             let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
                 .bind(LANE_LOCK_SPACE)

@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::store::Store;
 use crate::store::error::{Result, StoreError};
 use crate::store::sql::{self, Arg, Builder, page_limit};
+use crate::store::{Store, Writer};
 
 /// Longest error message kept: a plugin controls this text and could
 /// otherwise fill the table with one failure.
@@ -234,7 +234,7 @@ impl Store {
     /// the caps on output and input). Workflow steps record theirs with the
     /// step instead ([`Store::save_run_with_calls`]).
     pub async fn record_invocation(&self, r: &InvocationRecord) -> Result<()> {
-        let turn = self.write_gate().await?;
+        let turn = self.write_gate_for(Writer::Tenant(&r.tenant_id)).await?;
         let mut conn = self.pool.acquire().await?;
         turn.check(insert_invocation(&mut conn, r).await)
     }

@@ -37,6 +37,7 @@
 //! - `workflows`: versioned workflow definitions, activation, due schedules.
 //! - `runs`: workflow runs (enrollment rules, due timers, progress, retries)
 //!   and their step records.
+//! - [`write_gate`]: SQLite's one writer, shared fairly between tenants.
 //! - [`testing`]: throwaway SQLite files and PostgreSQL databases for tests.
 //!
 //! ## Why sqlx's `Any` driver
@@ -68,9 +69,9 @@ mod tenants;
 pub mod testing;
 mod value;
 mod workflows;
+mod write_gate;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 use crate::clock::Clock;
+use write_gate::WriteGate;
+pub(crate) use write_gate::Writer;
 
 pub use automation::LifecycleThreshold;
 pub use batch::{ContactUpdate, StageChange};
@@ -192,22 +195,13 @@ pub(crate) struct WriteTx {
     _turn: WriteTurn,
 }
 
-/// SQLite's writers of this process, in turn (see [`Store::write_gate`]).
-#[derive(Debug, Default)]
-pub(crate) struct WriteGate {
-    turn: Arc<tokio::sync::Mutex<()>>,
-    /// How many writers gave up on the write lock after the busy timeout.
-    lock_timeouts: AtomicU64,
-}
-
 /// This process's turn to write on SQLite, held until dropped (empty on
 /// PostgreSQL).
 #[derive(Debug)]
 pub(crate) struct WriteTurn {
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    gate: Option<Arc<WriteGate>>,
-    /// Where the turn was taken and when, for the slow-turn log.
-    taken: Option<(&'static std::panic::Location<'static>, std::time::Instant)>,
+    turn: Option<write_gate::Turn>,
+    /// Where the turn was taken, for the slow-turn log.
+    caller: &'static std::panic::Location<'static>,
 }
 
 /// A write turn held longer than this is logged (debug level) with the
@@ -216,10 +210,11 @@ const SLOW_WRITE_TURN: Duration = Duration::from_millis(20);
 
 impl Drop for WriteTurn {
     fn drop(&mut self) {
-        if let Some((at, since)) = self.taken
-            && since.elapsed() >= SLOW_WRITE_TURN
+        if let Some(turn) = &self.turn
+            && turn.since().elapsed() >= SLOW_WRITE_TURN
         {
-            tracing::debug!(held_ms = since.elapsed().as_millis() as u64, %at, "slow SQLite write turn");
+            let held_ms = turn.since().elapsed().as_millis() as u64;
+            tracing::debug!(held_ms, at = %self.caller, "slow SQLite write turn");
         }
     }
 }
@@ -230,10 +225,10 @@ impl WriteTurn {
     /// queued behind this one to fail at once instead of waiting as long.
     pub(crate) fn check<T, E: Into<StoreError>>(&self, result: std::result::Result<T, E>) -> Result<T> {
         let result = result.map_err(Into::into);
-        if let (Err(StoreError::Database(e)), Some(gate)) = (&result, &self.gate)
+        if let (Err(StoreError::Database(e)), Some(turn)) = (&result, &self.turn)
             && is_lock_timeout(e)
         {
-            gate.lock_timeouts.fetch_add(1, Ordering::AcqRel);
+            turn.gate().note_lock_timeout();
         }
         result
     }
@@ -426,12 +421,23 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Begin a transaction that will write. On SQLite it takes the write lock
-    /// up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and
-    /// then writes can fail with "database is locked" without waiting.
+    /// Begin a transaction that will write, for no one tenant (see
+    /// [`Store::begin_write_for`]).
     #[track_caller]
     pub(crate) fn begin_write(&self) -> impl std::future::Future<Output = Result<WriteTx>> + Send + '_ {
-        let turn = self.write_gate();
+        self.begin_write_for(Writer::Shared)
+    }
+
+    /// Begin a transaction that will write, for `writer` (where it queues
+    /// on SQLite: see [`write_gate`]). On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes can fail with "database is locked" without waiting.
+    #[track_caller]
+    pub(crate) fn begin_write_for<'a>(
+        &'a self,
+        writer: Writer<'a>,
+    ) -> impl std::future::Future<Output = Result<WriteTx>> + Send + 'a {
+        let turn = self.write_gate_for(writer);
         async move { self.begin_write_in(turn.await?).await }
     }
 
@@ -443,10 +449,17 @@ impl Store {
         Ok(WriteTx { tx, _turn: turn })
     }
 
-    /// Wait for this process's turn to write (SQLite; nothing on
-    /// PostgreSQL). Statements that write outside [`Store::begin_write`]
-    /// hold it while they run and pass their result through
-    /// [`WriteTurn::check`].
+    /// Wait for this process's turn to write, for no one tenant (see
+    /// [`Store::write_gate_for`]).
+    #[track_caller]
+    pub(crate) fn write_gate(&self) -> impl std::future::Future<Output = Result<WriteTurn>> + Send + '_ {
+        self.write_gate_for(Writer::Shared)
+    }
+
+    /// Wait for this process's turn to write for `writer` (SQLite, fairly
+    /// between tenants: see [`write_gate`]; nothing on PostgreSQL).
+    /// Statements that write outside [`Store::begin_write`] hold it while
+    /// they run and pass their result through [`WriteTurn::check`].
     ///
     /// [`StoreError::Locked`] when, while this writer waited, one ahead of
     /// it gave up on SQLite's write lock after the whole busy timeout:
@@ -454,22 +467,25 @@ impl Store {
     /// that long again in turn (a client's request behind three background
     /// writers would hang for four timeouts instead of failing after one).
     #[track_caller]
-    pub(crate) fn write_gate(&self) -> impl std::future::Future<Output = Result<WriteTurn>> + Send + '_ {
+    pub(crate) fn write_gate_for<'a>(
+        &'a self,
+        writer: Writer<'a>,
+    ) -> impl std::future::Future<Output = Result<WriteTurn>> + Send + 'a {
         let caller = std::panic::Location::caller();
         async move {
             let Some(gate) = &self.write_gate else {
-                return Ok(WriteTurn { _guard: None, gate: None, taken: None });
+                return Ok(WriteTurn { turn: None, caller });
             };
-            let seen = gate.lock_timeouts.load(Ordering::Acquire);
-            let guard = gate.turn.clone().lock_owned().await;
-            if gate.lock_timeouts.load(Ordering::Acquire) != seen {
+            let seen = gate.lock_timeouts();
+            let asked = std::time::Instant::now();
+            let turn = gate.turn(writer).await;
+            if asked.elapsed() >= SLOW_WRITE_TURN {
+                tracing::debug!(waited_ms = asked.elapsed().as_millis() as u64, at = %caller, "slow SQLite write wait");
+            }
+            if gate.lock_timeouts() != seen {
                 return Err(StoreError::Locked);
             }
-            Ok(WriteTurn {
-                _guard: Some(guard),
-                gate: Some(gate.clone()),
-                taken: Some((caller, std::time::Instant::now())),
-            })
+            Ok(WriteTurn { turn: Some(turn), caller })
         }
     }
 

@@ -27,7 +27,7 @@
 //! cap is reached (the guard against workflows that trigger each other in a
 //! loop).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -37,7 +37,7 @@ use sqlx::{AnyConnection, Row};
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{InvocationRecord, insert_invocation};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
-use crate::store::{Backend, Page, Store, new_id, now_ms};
+use crate::store::{Backend, Page, Store, Writer, new_id, now_ms};
 
 /// Longest enrollment key (keys are built from ids: workflow, event,
 /// schedule firing).
@@ -305,37 +305,96 @@ pub(crate) fn run_step_from_row(row: &AnyRow) -> Result<RunStep> {
     })
 }
 
+/// What the enrollments of one transaction learned so far, so that a
+/// batch's later enrollments skip the reads an earlier one made.
+///
+/// Why: a lane's batch can enroll the same contact into the same workflow
+/// many times (every `a_work` event of a busy contact), and each enrollment
+/// cost four reads in the transaction that holds SQLite's only writer: a
+/// noisy tenant's 1,000-event batch then held every other tenant's writes
+/// for 60–80 ms (`cairn bench --noisy-only`). What is remembered cannot
+/// change before the transaction ends: the workflow's row is locked (the
+/// write lock on SQLite, `FOR UPDATE` on PostgreSQL), a contact id is never
+/// reused, and a run that is waiting stays waiting until the runner saves
+/// it, in a transaction of its own.
+#[derive(Debug, Default)]
+pub(crate) struct EnrollMemo {
+    /// (tenant, workflow) → whether the workflow exists.
+    workflows: HashMap<(String, String), bool>,
+    /// (tenant, contact) → whether the contact exists.
+    contacts: HashMap<(String, String), bool>,
+    /// (tenant, workflow, contact) with a run still waiting.
+    in_flight: HashSet<(String, String, String)>,
+}
+
 /// [`enroll_one`] inside a caller's transaction (the pipeline's batch):
 /// locks the workflow's row on PostgreSQL like [`Store::enroll`], and
 /// answers `None`, recording nothing, when the workflow or the contact no
-/// longer exists in the tenant.
+/// longer exists in the tenant. `memo` carries what earlier enrollments of
+/// the same transaction learned; the outcome is the one [`enroll_one`]
+/// would give.
 pub(crate) async fn enroll_if_present(
     conn: &mut AnyConnection,
     backend: Backend,
     e: &Enrollment,
+    memo: &mut EnrollMemo,
 ) -> Result<Option<EnrollOutcome>> {
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
+    let workflow_key = (e.tenant_id.clone(), e.workflow_id.clone());
+    let workflow_exists = match memo.workflows.get(&workflow_key) {
+        Some(known) => *known,
+        None => {
+            let lock = match backend {
+                Backend::Postgres => " FOR UPDATE",
+                Backend::Sqlite => "",
+            };
+            let found = sqlx::query(&format!("SELECT id FROM workflows WHERE tenant_id = $1 AND id = $2{lock}"))
+                .bind(&e.tenant_id)
+                .bind(&e.workflow_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_some();
+            memo.workflows.insert(workflow_key, found);
+            found
+        }
     };
-    let workflow = sqlx::query(&format!("SELECT id FROM workflows WHERE tenant_id = $1 AND id = $2{lock}"))
-        .bind(&e.tenant_id)
-        .bind(&e.workflow_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if workflow.is_none() || !crate::store::contacts::contact_exists(&mut *conn, &e.tenant_id, &e.contact_id).await? {
+    if !workflow_exists {
+        return Ok(None);
+    }
+    let contact_key = (e.tenant_id.clone(), e.contact_id.clone());
+    let contact_exists = match memo.contacts.get(&contact_key) {
+        Some(known) => *known,
+        None => {
+            let found = crate::store::contacts::contact_exists(&mut *conn, &e.tenant_id, &e.contact_id).await?;
+            memo.contacts.insert(contact_key, found);
+            found
+        }
+    };
+    if !contact_exists {
         return Ok(None);
     }
     if e.enrollment_key.is_empty() || e.enrollment_key.len() > MAX_ENROLLMENT_KEY {
         return Err(StoreError::Invalid(format!("an enrollment key is 1 to {MAX_ENROLLMENT_KEY} bytes")));
     }
-    Ok(Some(enroll_one(conn, e).await?))
+    let pair = (e.tenant_id.clone(), e.workflow_id.clone(), e.contact_id.clone());
+    if memo.in_flight.contains(&pair) {
+        // Still waiting: only the key check comes before it.
+        return Ok(Some(if key_used(conn, e).await? { EnrollOutcome::Duplicate } else { EnrollOutcome::InFlight }));
+    }
+    let outcome = enroll_one(conn, e).await?;
+    let waiting = match &outcome {
+        EnrollOutcome::InFlight => true,
+        EnrollOutcome::Enrolled(run) => run.status == WAITING,
+        _ => false,
+    };
+    if waiting {
+        memo.in_flight.insert(pair);
+    }
+    Ok(Some(outcome))
 }
 
-/// Decide one enrollment and, when allowed, insert its run. The caller holds
-/// the write transaction (and on PostgreSQL the workflow's row lock).
-async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOutcome> {
-    let duplicate = sqlx::query(
+/// Whether a run of `e`'s workflow was enrolled under `e`'s key.
+async fn key_used(conn: &mut AnyConnection, e: &Enrollment) -> Result<bool> {
+    let found = sqlx::query(
         "SELECT 1 AS one FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 AND enrollment_key = $3",
     )
     .bind(&e.tenant_id)
@@ -343,7 +402,13 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOu
     .bind(&e.enrollment_key)
     .fetch_optional(&mut *conn)
     .await?;
-    if duplicate.is_some() {
+    Ok(found.is_some())
+}
+
+/// Decide one enrollment and, when allowed, insert its run. The caller holds
+/// the write transaction (and on PostgreSQL the workflow's row lock).
+async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOutcome> {
+    if key_used(conn, e).await? {
         return Ok(EnrollOutcome::Duplicate);
     }
     // Everything the rules need about the contact's earlier runs, in one
@@ -625,7 +690,7 @@ impl Store {
         let waiting = p.status == WAITING;
         let finished_at = (!waiting).then_some(p.at);
         let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_for(Writer::Tenant(&p.tenant_id)).await?;
         let row = sqlx::query(
             "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
              state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = NULL \
@@ -772,7 +837,7 @@ impl Store {
     /// worker holds is left alone: it checks goals itself. False when nothing
     /// changed.
     pub async fn wake_run(&self, tenant: &str, id: &str, at: i64) -> Result<bool> {
-        let turn = self.write_gate().await?;
+        let turn = self.write_gate_for(Writer::Tenant(tenant)).await?;
         let done = sqlx::query(
             "UPDATE workflow_runs SET wake_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'waiting' \
              AND wake_at > $3 AND (lease_until IS NULL OR lease_until < $4)",

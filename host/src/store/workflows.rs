@@ -400,10 +400,24 @@ impl Store {
     /// lease runs out and it is claimed again). Earliest due first, each with
     /// its tenant id.
     pub async fn claim_due_schedules(&self, now: i64, limit: i64) -> Result<Vec<(String, Workflow)>> {
-        let turn = self.write_gate().await?;
         // The lease is real time even when business time is a manual clock:
         // it says whether the claiming process is alive.
         let real = now_ms();
+        // The runner asks every round and almost always nothing is due: a
+        // read (one seek on the due index, no writer's turn) says so without
+        // queueing behind the writers on SQLite.
+        let any_due: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM workflows WHERE next_fire_at IS NOT NULL AND next_fire_at <= $1 \
+             AND active_version IS NOT NULL AND (schedule_lease_until IS NULL OR schedule_lease_until < $2) LIMIT 1",
+        )
+        .bind(now)
+        .bind(real)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any_due.is_none() {
+            return Ok(Vec::new());
+        }
+        let turn = self.write_gate().await?;
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
