@@ -40,6 +40,11 @@ enum Command {
         /// another tenant's plugins run away, against alone).
         #[arg(long, conflicts_with_all = ["workflows_only", "swap_only"])]
         noisy_only: bool,
+        /// With --noisy-only: run it on a fresh PostgreSQL database
+        /// (CAIRN_TEST_POSTGRES_URL, default
+        /// postgres://postgres@127.0.0.1:5432/postgres) instead of SQLite.
+        #[arg(long, requires = "noisy_only")]
+        postgres: bool,
         /// Only the cluster figure: events/s with 1, 2 and 3 `cairn serve`
         /// nodes on one database. Needs PostgreSQL (CAIRN_TEST_POSTGRES_URL,
         /// default postgres://postgres@127.0.0.1:5432/postgres); not part of
@@ -141,12 +146,13 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
             Command::Bench { quick, cluster_only: true, .. } => cairn::bench::cluster::run(quick).await,
-            Command::Bench { quick, workflows_only, swap_only, noisy_only, cluster_only: false } => {
+            Command::Bench { quick, workflows_only, swap_only, noisy_only, postgres, cluster_only: false } => {
                 use cairn::bench::Only;
+                use cairn::bench::noisy::Database;
                 let only = match (workflows_only, swap_only, noisy_only) {
                     (true, _, _) => Only::Workflows,
                     (_, true, _) => Only::Swap,
-                    (_, _, true) => Only::Noisy,
+                    (_, _, true) => Only::Noisy(if postgres { Database::Postgres } else { Database::Sqlite }),
                     _ => Only::All,
                 };
                 cairn::bench::run(quick, only).await

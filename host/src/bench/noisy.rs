@@ -58,6 +58,7 @@ use crate::demo::Client;
 use crate::engine::Clock;
 use crate::server::{self, Server, ServerConfig};
 use crate::store::Store;
+use crate::store::testing::TempPostgres;
 
 /// B's events per second, across its clients.
 const B_RATE: u64 = 200;
@@ -159,8 +160,23 @@ fn runaway_guests(names: &[&'static str]) -> anyhow::Result<Vec<(&'static str, V
         .collect()
 }
 
-async fn start(dir: &std::path::Path) -> anyhow::Result<Server> {
+/// Which database the benchmark's server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Database {
+    /// A SQLite file in the benchmark's directory (the embedded default):
+    /// one writer at a time for every tenant.
+    #[default]
+    Sqlite,
+    /// A fresh PostgreSQL database (see [`TempPostgres`]), dropped after:
+    /// tenants' writes run side by side.
+    Postgres,
+}
+
+async fn start(dir: &std::path::Path, database: Option<&TempPostgres>) -> anyhow::Result<Server> {
     let mut config = ServerConfig::in_dir(dir.to_path_buf());
+    if let Some(db) = database {
+        config.database_url = db.url().to_owned();
+    }
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.clock = Clock::System;
     config.admin_key = Some(ADMIN_KEY.into());
@@ -535,11 +551,15 @@ impl Phase {
 }
 
 /// Run the three phases and print the figure.
-pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyhow::Result<()> {
     let waiting_guests = runaway_guests(&WAITING_SCORERS)?;
     let burning_guests = runaway_guests(&BURNING_SCORERS)?;
     let receiver = start_receiver().await?;
-    let server = start(dir).await?;
+    let postgres = match database {
+        Database::Sqlite => None,
+        Database::Postgres => Some(TempPostgres::create().await?),
+    };
+    let server = start(dir, postgres.as_ref()).await?;
     let url = server.url();
     let b_key = set_up_b(&server, receiver.addr).await?;
     let (a, a_key, mut a_installs, a_contacts) = set_up_a(&server, receiver.addr, waiting_guests).await?;
@@ -603,10 +623,12 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
             "tenant B: {B_RATE} single events/s for {} s, each scored (rules-scorer) and posted by a one-step webhook \
              workflow; latency POST sent → webhook received. Alone; while tenant A floods batches to {A_CONTACTS} \
              contacts whose runaway plugins wait (a scorer sleeping in a host call, a workflow action hanging) to \
-             their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog). SQLite, \
+             their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog). {:?}, \
              16 calls at once per tenant, {TENANT_EVENTS_PER_SEC} events/s per tenant, breaker off",
-            duration.as_secs()
+            duration.as_secs(),
+            database
         ),
+        "database": format!("{database:?}").to_lowercase(),
         "b_alone": alone.summary(),
         "b_with_a_waiting": waiting.summary(),
         "b_with_a_burning": burning.summary(),
@@ -626,5 +648,6 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
         },
     }));
     server.shutdown().await;
+    drop(postgres);
     Ok(())
 }

@@ -52,6 +52,11 @@ impl Writer<'_> {
     }
 }
 
+/// A writer that starts this long after its turn was handed to it is
+/// logged (debug): the writer stood idle while its task waited for a
+/// worker thread.
+const WAKE_LAG: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Above this many remembered tenants, those with no time held beyond the
 /// last grant (who would start level anyway) are forgotten.
 const REMEMBERED: usize = 256;
@@ -70,9 +75,9 @@ struct State {
     /// A writer holds the turn.
     held: bool,
     /// The intake's waiting commit (one at a time, in practice).
-    intake: VecDeque<oneshot::Sender<()>>,
+    intake: VecDeque<oneshot::Sender<Instant>>,
     /// Waiting writers by key, each queue first come, first served.
-    waiting: HashMap<String, VecDeque<oneshot::Sender<()>>>,
+    waiting: HashMap<String, VecDeque<oneshot::Sender<Instant>>>,
     /// Each key's virtual time: where its next turn starts, in µs of
     /// writer time. Missing means level with `floor`.
     used: HashMap<String, u64>,
@@ -89,14 +94,14 @@ impl State {
     /// free. A waiter that gave up (its receiver is gone) is skipped.
     fn grant_next(&mut self) {
         while let Some(next) = self.next_waiter() {
-            if next.send(()).is_ok() {
+            if next.send(Instant::now()).is_ok() {
                 return;
             }
         }
         self.held = false;
     }
 
-    fn next_waiter(&mut self) -> Option<oneshot::Sender<()>> {
+    fn next_waiter(&mut self) -> Option<oneshot::Sender<Instant>> {
         if let Some(intake) = self.intake.pop_front() {
             return Some(intake);
         }
@@ -156,7 +161,7 @@ impl Drop for Turn {
 /// dropped) after the turn was handed to it, the turn is handed on.
 struct Waiting {
     gate: Arc<WriteGate>,
-    granted: oneshot::Receiver<()>,
+    granted: oneshot::Receiver<Instant>,
     taken: bool,
 }
 
@@ -199,9 +204,18 @@ impl WriteGate {
         // The sender lives in the gate, which `waiting` keeps alive, and is
         // only dropped unsent when this receiver is gone: the wait ends in
         // a grant.
-        let _ = (&mut waiting.granted).await;
+        let granted = (&mut waiting.granted).await;
         waiting.taken = true;
-        Turn { gate: self.clone(), key, since: Instant::now() }
+        let now = Instant::now();
+        // The turn is this writer's from the moment it was handed over,
+        // though the task may run a little later: nobody else writes
+        // meanwhile, so that time counts as held.
+        let since = granted.unwrap_or(now);
+        let lag = now.saturating_duration_since(since);
+        if lag >= WAKE_LAG {
+            tracing::debug!(lag_us = lag.as_micros() as u64, "SQLite write turn handed over late");
+        }
+        Turn { gate: self.clone(), key, since }
     }
 
     /// How many writers gave up on SQLite's lock so far.
