@@ -14,16 +14,20 @@
 //!   enrolling them in a workflow whose action is stuck in a host call (a
 //!   webhook to an endpoint that never answers) until its deadline, retried.
 //!
-//! B's load runs three times: alone; while A floods and A's plugins are
-//! stuck *waiting* (a scorer that sleeps in a host call, the hanging action:
-//! each holds one of A's call slots for the whole 500 ms deadline); and
-//! while A's plugins also *burn CPU* (an infinite loop, a loop that keeps
-//! yielding, a memory hog: each runs to its fuel, memory or deadline limit).
-//! The figures are B's p99 in each noisy phase over B's p99 alone (goal: at
-//! most 1.5). The first isolates the engine's own fairness (does a stuck
-//! tenant hold other tenants' events?); the second adds competition for the
-//! CPU, which the runaway guests would take whole on a small machine if CPU
-//! turns (`runtime::cpu_turns`) did not hold them to one core's worth.
+//! B's load runs four times: alone; while A *floods* events with no plugin
+//! installed yet (A's events are stored, claimed and processed, nothing
+//! more); while A's plugins are stuck *waiting* (a scorer that sleeps in a
+//! host call, the hanging action: each holds one of A's call slots for the
+//! whole 500 ms deadline); and while A's plugins also *burn CPU* (an
+//! infinite loop, a loop that keeps yielding, a memory hog: each runs to
+//! its fuel, memory or deadline limit). The figures are B's p99 in each
+//! noisy phase over B's p99 alone (goal: at most 1.5). The flood alone is
+//! the baseline of the other two: what A's event volume costs B, with no
+//! plugin to contain; the waiting phase adds the engine's own fairness
+//! (does a stuck tenant hold other tenants' events?); the burning phase
+//! adds competition for the CPU, which the runaway guests would take whole
+//! on a small machine if CPU turns (`runtime::cpu_turns`) did not hold
+//! them to one core's worth.
 //!
 //! Two limits differ from the defaults, on purpose:
 //! - the circuit breaker is off (`breaker_failures` 0) so A stays noisy for
@@ -251,32 +255,37 @@ async fn install_guests(a: &Client, guests: Vec<(&'static str, Vec<u8>)>) -> any
     Ok(installs)
 }
 
-/// Tenant A: the waiting runaway scorers, a workflow on `a_work` whose
-/// action hangs, and its contacts. Returns the client, its key, the install
-/// ids and the contact ids.
-async fn set_up_a(
-    server: &Server,
+/// Tenant A and its contacts, with no plugin yet. Returns the client, its
+/// key and the contact ids.
+async fn set_up_a(server: &Server) -> anyhow::Result<(Client, String, Vec<String>)> {
+    let (a, key) = new_tenant(server, "noisy-a").await?;
+    let mut contacts = Vec::with_capacity(A_CONTACTS);
+    for i in 0..A_CONTACTS {
+        let c = a.ok(Method::POST, "/v1/contacts", Some(json!({"email": format!("a{i}@a.test")}))).await?;
+        contacts.push(c["id"].as_str().context("contact id")?.to_string());
+    }
+    Ok((a, key, contacts))
+}
+
+/// A's runaway plugins that wait: the waiting scorers and a workflow on
+/// `a_work` whose action hangs. Returns the install ids.
+async fn arm_a(
+    a: &Client,
     hooks: SocketAddr,
     guests: Vec<(&'static str, Vec<u8>)>,
-) -> anyhow::Result<(Client, String, Vec<(String, String)>, Vec<String>)> {
-    let (a, key) = new_tenant(server, "noisy-a").await?;
-    let mut installs = install_guests(&a, guests).await?;
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut installs = install_guests(a, guests).await?;
     let hang = install(
-        &a,
-        catalog_version(&a, "webhook").await?,
+        a,
+        catalog_version(a, "webhook").await?,
         json!({"url": format!("http://{hooks}/hooks/hang"), "secret": SECRET}),
         json!([format!("http:{}", hooks.ip())]),
     )
     .await?;
     installs.push(("webhook (hangs)".to_string(), hang.clone()));
     // Retried quickly: the runaway action comes back for more.
-    hook_workflow(&a, "runaway", "a_work", &hang, json!({"max_attempts": 5, "backoff": "1s"})).await?;
-    let mut contacts = Vec::with_capacity(A_CONTACTS);
-    for i in 0..A_CONTACTS {
-        let c = a.ok(Method::POST, "/v1/contacts", Some(json!({"email": format!("a{i}@a.test")}))).await?;
-        contacts.push(c["id"].as_str().context("contact id")?.to_string());
-    }
-    Ok((a, key, installs, contacts))
+    hook_workflow(a, "runaway", "a_work", &hang, json!({"max_attempts": 5, "backoff": "1s"})).await?;
+    Ok(installs)
 }
 
 /// What B's load sent: when each event was sent, by its contact's email,
@@ -562,7 +571,7 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
     let server = start(dir, postgres.as_ref()).await?;
     let url = server.url();
     let b_key = set_up_b(&server, receiver.addr).await?;
-    let (a, a_key, mut a_installs, a_contacts) = set_up_a(&server, receiver.addr, waiting_guests).await?;
+    let (a, a_key, a_contacts) = set_up_a(&server).await?;
     let a_tenant = a.ok(Method::GET, "/v1/tenant", None).await?["id"].as_str().context("tenant id")?.to_string();
     let duration = if quick { Duration::from_secs(4) } else { Duration::from_secs(10) };
     let patience = if quick { Duration::from_secs(20) } else { Duration::from_secs(60) };
@@ -578,21 +587,25 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
         store: &server.state.store,
         patience,
     };
-    // Creating A's contacts queued a `contact_created` event each, which
-    // A's runaway scorer takes seconds over: B's first phase must not run
-    // beside them.
+    // Creating A's contacts queued a `contact_created` event each: B's
+    // first phase must not run beside them.
     quiet(&server, &a_tenant).await?;
 
     // Warm-up (connections, SQLite pages), then B alone.
     Phase::run(&b, "warm", Duration::from_secs(1)).await?;
     let alone = Phase::run(&b, "alone", duration).await?;
 
-    // A floods; a second later its plugins are stuck when B's load starts.
+    // A floods, with no plugin yet: a second in, B's load starts.
     let (_, a_processed_before) = server.state.store.event_counts(&a_tenant).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let flood = Arc::new(Flood::default());
     let a_started = Instant::now();
     let mut senders = a_flood(&url, &a_key, Arc::new(a_contacts), stop.clone(), flood.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flooding = Phase::run(&b, "flooding", duration).await?;
+
+    // A's plugins that wait join; a second later they are stuck.
+    let mut a_installs = arm_a(&a, receiver.addr, waiting_guests).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let waiting = Phase::run(&b, "waiting", duration).await?;
 
@@ -622,7 +635,7 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
         "what": format!(
             "tenant B: {B_RATE} single events/s for {} s, each scored (rules-scorer) and posted by a one-step webhook \
              workflow; latency POST sent → webhook received. Alone; while tenant A floods batches to {A_CONTACTS} \
-             contacts whose runaway plugins wait (a scorer sleeping in a host call, a workflow action hanging) to \
+             contacts, first with no plugin, then with runaway plugins that wait (a scorer sleeping in a host call, a workflow action hanging) to \
              their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog). {:?}, \
              16 calls at once per tenant, {TENANT_EVENTS_PER_SEC} events/s per tenant, breaker off",
             duration.as_secs(),
@@ -630,8 +643,10 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
         ),
         "database": format!("{database:?}").to_lowercase(),
         "b_alone": alone.summary(),
+        "b_with_a_flooding": flooding.summary(),
         "b_with_a_waiting": waiting.summary(),
         "b_with_a_burning": burning.summary(),
+        "p99_ratio_flooding": flooding.ratio_to(&alone),
         "p99_ratio_waiting": waiting.ratio_to(&alone),
         "p99_ratio": burning.ratio_to(&alone),
         "goal": 1.5,

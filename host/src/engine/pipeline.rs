@@ -59,7 +59,7 @@ use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::recorded::RecordedCall;
-use crate::runtime::{CallError, CallScope};
+use crate::runtime::{CallError, CallScope, Runtime, background};
 use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
 /// Events one lane claims (one tenant's batch).
@@ -204,11 +204,12 @@ impl Pipeline {
             match self.claim(free).await {
                 Ok(claimed) if !claimed.is_empty() => {
                     for (lane, events) in claimed {
-                        let me = self.clone();
-                        lanes.spawn(async move {
+                        let (me, tenant) = (self.clone(), lane.tenant().to_string());
+                        let run = async move {
                             // Logged and given back inside; nothing to add.
                             let _ = me.run_lane(lane, events).await;
-                        });
+                        };
+                        spawn_lane(&mut lanes, self.registry.runtime(), &tenant, run);
                     }
                     // Look again: the scan may have stopped at its limit.
                     continue;
@@ -235,7 +236,8 @@ impl Pipeline {
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut lanes = JoinSet::new();
         for (lane, events) in self.claim(MAX_LANES).await? {
-            lanes.spawn(self.clone().run_lane(lane, events));
+            let tenant = lane.tenant().to_string();
+            spawn_lane(&mut lanes, self.registry.runtime(), &tenant, self.clone().run_lane(lane, events));
         }
         let (mut total, mut failed) = (0, None);
         while let Some(ended) = lanes.join_next().await {
@@ -637,6 +639,21 @@ impl Pipeline {
 pub fn score_property(plugin: &str) -> String {
     let stem = plugin.strip_suffix("-scorer").unwrap_or(plugin);
     format!("{}_score", stem.replace('-', "_"))
+}
+
+/// Spawn `tenant`'s lane in `lanes`: on the background runtime, at the
+/// lowest priority, when the tenant's plugins burnt CPU lately
+/// (`runtime::background`); on this runtime otherwise.
+pub(crate) fn spawn_lane<T: Send + 'static>(
+    lanes: &mut JoinSet<T>,
+    runtime: &Runtime,
+    tenant: &str,
+    lane: impl Future<Output = T> + Send + 'static,
+) {
+    match runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten() {
+        Some(background) => lanes.spawn_on(lane, &background),
+        None => lanes.spawn(lane),
+    };
 }
 
 /// Log a lane that panicked (its tenant was unmarked as it unwound).

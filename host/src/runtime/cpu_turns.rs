@@ -24,6 +24,10 @@
 //! spinning on a 2-core machine, a well-behaved tenant's p99 was 8–15 times
 //! its p99 alone.
 //!
+//! A tenant with a long call in the last [`BURNT_LATELY`] has *burnt CPU
+//! lately* ([`CpuTurns::burnt_lately`]): its lanes run on the background
+//! runtime, at the lowest priority (`super::background`).
+//!
 //! A turn lasts one tick even when the call leaves wasm meanwhile (a long
 //! call that then waits in a host call, e.g. for an HTTP answer, gives its
 //! turn back when the tick is over; it does not keep it while it waits).
@@ -32,17 +36,33 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// Tokio's: it follows paused time in tests.
+use tokio::time::Instant;
 
 use super::engine::EPOCH_TICK;
+
+/// How long after its last long call a tenant counts as having burnt CPU
+/// lately: long enough to cover the pauses of a runaway plugin's retries
+/// (its calls end at their deadline and come back), short enough that a
+/// tenant whose plugin was fixed runs at normal priority again soon.
+pub const BURNT_LATELY: Duration = Duration::from_secs(10);
 
 /// The process's and the tenants' turns.
 #[derive(Debug)]
 pub struct CpuTurns {
     process: Arc<Semaphore>,
     per_tenant: usize,
-    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tenants: Mutex<HashMap<String, Arc<TenantTurns>>>,
+}
+
+/// One tenant's turns, and when one of its calls last ran long.
+#[derive(Debug)]
+struct TenantTurns {
+    turns: Arc<Semaphore>,
+    last_long: Mutex<Option<Instant>>,
 }
 
 impl CpuTurns {
@@ -75,11 +95,26 @@ impl CpuTurns {
                 Some(found) => found.clone(),
                 None => tenants
                     .entry(tenant.to_string())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+                    .or_insert_with(|| {
+                        Arc::new(TenantTurns {
+                            turns: Arc::new(Semaphore::new(self.per_tenant)),
+                            last_long: Mutex::default(),
+                        })
+                    })
                     .clone(),
             }
         };
         CallTurns { tenant, process: self.process.clone(), turn: Mutex::default() }
+    }
+
+    /// Whether a call of `tenant` ran long (past an epoch tick in wasm)
+    /// within the last [`BURNT_LATELY`].
+    pub fn burnt_lately(&self, tenant: &str) -> bool {
+        let tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tenants.get(tenant).is_some_and(|t| {
+            let last = *t.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            last.is_some_and(|at| at.elapsed() < BURNT_LATELY)
+        })
     }
 }
 
@@ -90,7 +125,7 @@ type Turn = Arc<Mutex<Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>>>;
 /// next. Dropped with the call, which gives its turn back.
 #[derive(Debug)]
 pub struct CallTurns {
-    tenant: Arc<Semaphore>,
+    tenant: Arc<TenantTurns>,
     process: Arc<Semaphore>,
     /// The turn held now; the timer that ends it after one tick holds it too.
     turn: Mutex<Turn>,
@@ -104,7 +139,8 @@ impl CallTurns {
         let previous = std::mem::take(&mut *self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         release(&previous);
         let next = self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let (tenant, process) = (self.tenant.clone(), self.process.clone());
+        *self.tenant.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        let (tenant, process) = (self.tenant.turns.clone(), self.process.clone());
         Box::pin(async move {
             // The tenant's turn first: a tenant queues for the process's
             // turns with one call at a time, so tenants alternate there.
@@ -167,6 +203,18 @@ mod tests {
         // Dropped calls give back what they hold.
         drop(calls);
         assert_eq!(turns.process.available_permits(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_whose_call_ran_long_has_burnt_cpu_for_a_while() {
+        let turns = CpuTurns::for_cores(2);
+        let call = turns.for_call("a");
+        assert!(!turns.burnt_lately("a"), "a call that never reached a tick");
+        call.next_turn().await;
+        assert!(turns.burnt_lately("a"));
+        assert!(!turns.burnt_lately("b"), "another tenant");
+        tokio::time::advance(BURNT_LATELY).await;
+        assert!(!turns.burnt_lately("a"), "no long call for a while");
     }
 
     /// Poll once: `Some` when the future finished.

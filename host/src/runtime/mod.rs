@@ -16,6 +16,7 @@
 //! component, an import Cairn does not provide (filesystem, sockets...), a
 //! missing export for a kind it claims, or a `describe()` that fails or lies.
 
+pub mod background;
 pub mod bindings;
 pub mod cache;
 pub mod convert;
@@ -163,6 +164,11 @@ impl Runtime {
             cpu_turns: cpu_turns::CpuTurns::for_this_machine(),
             _ticker: ticker,
         })
+    }
+
+    /// How long calls share the CPU, and which tenants burnt it lately.
+    pub fn cpu_turns(&self) -> &cpu_turns::CpuTurns {
+        &self.cpu_turns
     }
 
     /// The default per-call limits.
