@@ -15,14 +15,16 @@
 //! The operating system can: threads of a nice-19 runtime get the CPU only
 //! when threads at normal priority leave it (Linux CFS weighs nice 19 at
 //! 15 against 1024), and a normal thread that wakes preempts them. So a
-//! tenant whose plugin calls ran long lately ([`super::cpu_turns::CpuTurns::
-//! burnt_lately`]) has its pipeline and workflow lanes spawned here: its
-//! plugins, still under every limit (deadline, fuel, memory, turns), run on
-//! the CPU nobody else wants, and the server's own work, HTTP and database,
-//! and every other tenant's lanes keep the CPU at once. The work is not
-//! starved on an idle machine (a lower priority, not a cap), and its
-//! database writes run on the store's own threads, at normal priority, so a
-//! write turn it holds is not stretched by it.
+//! tenant whose plugin calls ran long lately
+//! ([`CpuTurns::burnt_lately`](super::cpu_turns::CpuTurns::burnt_lately))
+//! has its pipeline and workflow lanes spawned here: its plugins, still
+//! under every limit (deadline, fuel, memory, turns), run on the CPU nobody
+//! else wants, and the server's own work, HTTP and database, and every
+//! other tenant's lanes keep the CPU at once. The work is not starved on an
+//! idle machine (a lower priority, not a cap). Its SQL statements run on
+//! the store's own threads, at normal priority; the steps between them run
+//! here, so on a saturated machine a write turn it holds can stretch, and
+//! the write gate charges the tenant for that time (`store::write_gate`).
 //!
 //! Elsewhere than Linux, the runtime is still separate but its threads keep
 //! their priority.
