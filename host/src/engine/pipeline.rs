@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -204,12 +205,12 @@ impl Pipeline {
             match self.claim(free).await {
                 Ok(claimed) if !claimed.is_empty() => {
                     for (lane, events) in claimed {
-                        let (me, tenant) = (self.clone(), lane.tenant().to_string());
+                        let (me, home) = (self.clone(), lane_home(self.registry.runtime(), lane.tenant()));
                         let run = async move {
                             // Logged and given back inside; nothing to add.
                             let _ = me.run_lane(lane, events).await;
                         };
-                        spawn_lane(&mut lanes, self.registry.runtime(), &tenant, run);
+                        spawn_lane(&mut lanes, home, run);
                     }
                     // Look again: the scan may have stopped at its limit.
                     continue;
@@ -236,8 +237,8 @@ impl Pipeline {
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut lanes = JoinSet::new();
         for (lane, events) in self.claim(MAX_LANES).await? {
-            let tenant = lane.tenant().to_string();
-            spawn_lane(&mut lanes, self.registry.runtime(), &tenant, self.clone().run_lane(lane, events));
+            let home = lane_home(self.registry.runtime(), lane.tenant());
+            spawn_lane(&mut lanes, home, self.clone().run_lane(lane, events));
         }
         let (mut total, mut failed) = (0, None);
         while let Some(ended) = lanes.join_next().await {
@@ -641,17 +642,21 @@ pub fn score_property(plugin: &str) -> String {
     format!("{}_score", stem.replace('-', "_"))
 }
 
-/// Spawn `tenant`'s lane in `lanes`: on the background runtime, at the
-/// lowest priority, when the tenant's plugins burnt CPU lately
-/// (`runtime::background`); on this runtime otherwise.
+/// Where `tenant`'s next lane runs: the background runtime, at the lowest
+/// priority, when the tenant's plugins burnt CPU lately
+/// (`runtime::background`); `None` for this runtime.
+pub(crate) fn lane_home(runtime: &Runtime, tenant: &str) -> Option<Handle> {
+    runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten()
+}
+
+/// Spawn a lane in `lanes`, on `home` ([`lane_home`]) or this runtime.
 pub(crate) fn spawn_lane<T: Send + 'static>(
     lanes: &mut JoinSet<T>,
-    runtime: &Runtime,
-    tenant: &str,
+    home: Option<Handle>,
     lane: impl Future<Output = T> + Send + 'static,
 ) {
-    match runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten() {
-        Some(background) => lanes.spawn_on(lane, &background),
+    match home {
+        Some(home) => lanes.spawn_on(lane, &home),
         None => lanes.spawn(lane),
     };
 }

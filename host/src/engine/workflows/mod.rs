@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::engine::pipeline::{Lane, TenantLanes, log_panic, spawn_lane};
+use crate::engine::pipeline::{Lane, TenantLanes, lane_home, log_panic, spawn_lane};
 use crate::registry::Registry;
 use crate::store::{Run, Store, StoreError};
 use program::Program;
@@ -287,8 +287,8 @@ impl Workflows {
         let mut started = 0;
         for (lane, runs) in self.claim(free).await? {
             started += runs.len();
-            let tenant = lane.tenant().to_string();
-            spawn_lane(lanes, self.registry.runtime(), &tenant, self.clone().run_lane(lane, runs));
+            let home = lane_home(self.registry.runtime(), lane.tenant());
+            spawn_lane(lanes, home, self.clone().run_lane(lane, runs));
         }
         Ok(started + fired)
     }
