@@ -83,6 +83,13 @@ async fn tenant(server: &Server, name: &str) -> Client {
     Client::new(&server.url(), created["api_key"].as_str().unwrap())
 }
 
+/// Whether `client`'s tenant counts as having burnt CPU lately (a call of
+/// it ran wasm for a tick's worth of fuel: its lanes run at low priority).
+async fn burnt_lately(server: &Server, client: &Client) -> bool {
+    let me = client.ok(Method::GET, "/v1/tenant", None).await.unwrap();
+    server.state.registry.runtime().cpu_turns().burnt_lately(me["id"].as_str().unwrap())
+}
+
 /// Upload `guest` and install it with `config` and `grants`; the install id.
 async fn install(client: &Client, guest: &str, config: Value, grants: &[&str]) -> String {
     let (s, uploaded) = client.upload(guest_bytes(guest).expect("guest built")).await.unwrap();
@@ -189,6 +196,22 @@ async fn an_infinite_loop_with_fuel_to_spare_is_stopped_at_the_deadline() {
     let failure = failed_with(&attacker, &id, "deadline").await;
     assert!(failure["error_message"].as_str().unwrap().contains("deadline"), "{failure}");
     assert_still_serving(&server.url(), &acme, "loop").await;
+    assert!(burnt_lately(&server, &attacker).await, "a spinning call burns CPU");
+    // Hundreds of short scorer calls, some of which a tick falls in, and
+    // whose reads of the store can wait past one: none of them is long.
+    let events: Vec<Value> =
+        (0..300).map(|i| json!({"email": format!("short-{i}@acme.test"), "kind": "page_viewed"})).collect();
+    let (s, body) = acme.call(Method::POST, "/v1/events", Some(json!({"events": events}))).await.unwrap();
+    assert_eq!(s, 202, "{body}");
+    let me = acme.ok(Method::GET, "/v1/tenant", None).await.unwrap();
+    let acme_id = me["id"].as_str().unwrap().to_string();
+    wait_for(PATIENCE, || async {
+        let (total, processed) = server.state.store.event_counts(&acme_id).await?;
+        Ok((processed >= total).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(!burnt_lately(&server, &acme).await, "short scorer calls are not long, whenever a tick falls");
     server.shutdown().await;
 }
 

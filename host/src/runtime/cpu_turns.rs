@@ -2,8 +2,10 @@
 //!
 //! Almost every plugin call ends well within one epoch tick
 //! ([`super::engine::EPOCH_TICK`], 2 ms) and never meets this module. A
-//! call still running wasm at a tick is *long*, and from then on, at every
-//! tick, it waits for a **turn** before it runs on: one of its tenant's
+//! call that ran wasm for much of the tick before one (see
+//! [`LONG_CALL_FUEL`] and [`LONG_CALL_GAP`]) is *long*, and then, at
+//! every such tick, it waits for a **turn** before it runs on: one of its
+//! tenant's
 //! turns and one of the process's, handed out first come, first served,
 //! each lasting one tick. So:
 //!
@@ -43,6 +45,27 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::engine::EPOCH_TICK;
+
+/// Fuel a call that ran through a tick (see [`LONG_CALL_GAP`]) must have
+/// burnt in it to be long, unless it burnt none at all (a tight loop that
+/// calls nothing: its count is kept in a register meanwhile). Measured (`cairn bench --noisy-only`, 2-core VM): the rules
+/// scorer's whole call burns 1,600–5,000 fuel; a spinning guest that makes
+/// calls 1–8 million per tick (100–1,000 fuel per µs); the memory hog,
+/// slowed by page faults, about 100,000. So 20,000 is 20–200 µs of wasm
+/// in a tick of 2,000 µs.
+///
+/// Wall time alone would not do: a short call a tick happened to fall in,
+/// or one back from a host call that waited past a tick (for the database,
+/// say), would count as long, wait for a CPU turn behind runaway calls,
+/// and put its tenant's lanes at the lowest priority; on a busy server
+/// that was every tenant.
+pub const LONG_CALL_FUEL: u64 = 20_000;
+
+/// A call ran through the tick before this one when it went on running,
+/// after the previous tick or its turn, at most this long ago; a call's
+/// first tick never finds it long. One and a half ticks: the ticker thread
+/// oversleeps a little.
+pub const LONG_CALL_GAP: Duration = Duration::from_micros(EPOCH_TICK.as_micros() as u64 * 3 / 2);
 
 /// How long after its last long call a tenant counts as having burnt CPU
 /// lately: long enough to cover the pauses of a runaway plugin's retries

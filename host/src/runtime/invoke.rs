@@ -7,13 +7,14 @@
 //! happened (deadline, fuel, memory, stack, trap with its message, the
 //! plugin's own error), so it can be recorded and shown to the developer.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::runtime::bindings::{guest, types as wit};
-use crate::runtime::cpu_turns::CallTurns;
+use crate::runtime::cpu_turns::{self, CallTurns};
 use crate::runtime::description::Description;
 use crate::runtime::host::{CallScope, HostState, LogLine};
 use crate::runtime::limits::Limits;
@@ -141,17 +142,48 @@ async fn begin(
         stats: CallStats::default(),
     };
     store.set_fuel(limits.fuel).map_err(|e| fail(format!("setting fuel: {e}")))?;
-    // The guest yields to tokio at every epoch tick, so a spinning plugin does
-    // not hold a worker thread; a tenant's call that runs on past a tick
-    // waits for a CPU turn (see `cpu_turns`); past the deadline the next
-    // tick interrupts it.
+    // A guest that burnt a tick's worth of fuel yields to tokio at the tick,
+    // so a spinning plugin does not hold a worker thread, and waits for a
+    // CPU turn (see `cpu_turns`); past the deadline the next tick
+    // interrupts any call.
     let deadline_at = started + limits.deadline;
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline_at {
+    // A call is long at a tick when it ran through the tick before (it
+    // went on after the previous tick, or its turn, within a tick and a
+    // half: see `cpu_turns::LONG_CALL_GAP`) and ran wasm meanwhile: not a
+    // short call a tick merely fell in, nor one back from a host call that
+    // waited past a tick (for the database, say). Fuel tells whether it ran
+    // wasm, with a twist: the store's count moves only at calls (wasm or
+    // host), so a tight loop that calls nothing shows none between ticks,
+    // while a call that went out to the host shows a little.
+    let resumed: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut fuel_at_last_tick = limits.fuel;
+    store.epoch_deadline_callback(move |ctx| {
+        let now = Instant::now();
+        if now >= deadline_at {
             return Ok(UpdateDeadline::Interrupt);
         }
+        let fuel_left = ctx.get_fuel().unwrap_or(0);
+        let burnt = fuel_at_last_tick.saturating_sub(fuel_left);
+        fuel_at_last_tick = fuel_left;
+        let last = resumed.lock().unwrap_or_else(PoisonError::into_inner).replace(now);
+        let ran_through = last.is_some_and(|at| now.duration_since(at) <= cpu_turns::LONG_CALL_GAP);
+        let long = ran_through && (burnt == 0 || burnt >= cpu_turns::LONG_CALL_FUEL);
+        if !long {
+            return Ok(UpdateDeadline::Continue(1));
+        }
         Ok(match &turns {
-            Some(turns) => UpdateDeadline::YieldCustom(1, turns.next_turn()),
+            Some(turns) => {
+                let (turn, resumed) = (turns.next_turn(), resumed.clone());
+                // Counted from when the turn came: the wait for it is not
+                // running.
+                UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(async move {
+                        turn.await;
+                        *resumed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    }),
+                )
+            }
             None => UpdateDeadline::Yield(1),
         })
     });
