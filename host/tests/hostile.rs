@@ -84,7 +84,7 @@ async fn tenant(server: &Server, name: &str) -> Client {
 }
 
 /// Whether `client`'s tenant counts as having burnt CPU lately (a call of
-/// it ran wasm for a tick's worth of fuel: its lanes run at low priority).
+/// it ran wasm through a whole tick: its lanes run at low priority).
 async fn burnt_lately(server: &Server, client: &Client) -> bool {
     let me = client.ok(Method::GET, "/v1/tenant", None).await.unwrap();
     server.state.registry.runtime().cpu_turns().burnt_lately(me["id"].as_str().unwrap())

@@ -2,12 +2,11 @@
 //!
 //! Almost every plugin call ends well within one epoch tick
 //! ([`super::engine::EPOCH_TICK`], 2 ms) and never meets this module. A
-//! call that ran wasm for much of the tick before one (see
-//! [`LONG_CALL_FUEL`] and [`LONG_CALL_GAP`]) is *long*, and then, at
-//! every such tick, it waits for a **turn** before it runs on: one of its
-//! tenant's
-//! turns and one of the process's, handed out first come, first served,
-//! each lasting one tick. So:
+//! call that ran wasm through a whole tick (see [`LONG_CALL_GAP`] and
+//! [`LONG_CALL_FUEL`]) is *long*, and then, at every such tick, it waits
+//! for a **turn** before it runs on: one of its tenant's turns and one of
+//! the process's, handed out first come, first served, each lasting one
+//! tick. So:
 //!
 //! - a tenant's runaway calls, however many run at once (up to its call
 //!   slots), take turns with each other on [`CpuTurns::per_tenant`] turns:
@@ -47,18 +46,18 @@ use tokio::time::Instant;
 use super::engine::EPOCH_TICK;
 
 /// Fuel a call that ran through a tick (see [`LONG_CALL_GAP`]) must have
-/// burnt in it to be long, unless it burnt none at all (a tight loop that
-/// calls nothing: its count is kept in a register meanwhile). Measured (`cairn bench --noisy-only`, 2-core VM): the rules
-/// scorer's whole call burns 1,600–5,000 fuel; a spinning guest that makes
-/// calls 1–8 million per tick (100–1,000 fuel per µs); the memory hog,
-/// slowed by page faults, about 100,000. So 20,000 is 20–200 µs of wasm
-/// in a tick of 2,000 µs.
+/// burnt in it to be long, unless it burnt none at all: a tight loop that
+/// calls nothing keeps its count in a register, so the store's count does
+/// not move between ticks. Seen in a trace of `cairn bench --noisy-only`
+/// (2-core VM): most calls a tick fell in had burnt under 5,000; the demo
+/// tenant's calls up to about 33,000 by their first tick; the runaway
+/// guests from about 100,000 (the memory hog, slowed by page faults) to
+/// 8 million per tick.
 ///
 /// Wall time alone would not do: a short call a tick happened to fall in,
 /// or one back from a host call that waited past a tick (for the database,
 /// say), would count as long, wait for a CPU turn behind runaway calls,
-/// and put its tenant's lanes at the lowest priority; on a busy server
-/// that was every tenant.
+/// and put its tenant's lanes at the lowest priority.
 pub const LONG_CALL_FUEL: u64 = 20_000;
 
 /// A call ran through the tick before this one when it went on running,

@@ -142,19 +142,13 @@ async fn begin(
         stats: CallStats::default(),
     };
     store.set_fuel(limits.fuel).map_err(|e| fail(format!("setting fuel: {e}")))?;
-    // A guest that burnt a tick's worth of fuel yields to tokio at the tick,
-    // so a spinning plugin does not hold a worker thread, and waits for a
-    // CPU turn (see `cpu_turns`); past the deadline the next tick
-    // interrupts any call.
+    // A long call (see `cpu_turns`) yields to tokio at the tick, so a
+    // spinning plugin does not hold a worker thread, and waits for a CPU
+    // turn; past the deadline the next tick interrupts any call.
     let deadline_at = started + limits.deadline;
-    // A call is long at a tick when it ran through the tick before (it
-    // went on after the previous tick, or its turn, within a tick and a
-    // half: see `cpu_turns::LONG_CALL_GAP`) and ran wasm meanwhile: not a
-    // short call a tick merely fell in, nor one back from a host call that
-    // waited past a tick (for the database, say). Fuel tells whether it ran
-    // wasm, with a twist: the store's count moves only at calls (wasm or
-    // host), so a tight loop that calls nothing shows none between ticks,
-    // while a call that went out to the host shows a little.
+    // Long: it went on running after the previous tick, or its turn,
+    // within `LONG_CALL_GAP`, and its fuel count moved by none (a tight
+    // loop) or by `LONG_CALL_FUEL` or more (see `cpu_turns`).
     let resumed: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut fuel_at_last_tick = limits.fuel;
     store.epoch_deadline_callback(move |ctx| {
