@@ -414,7 +414,7 @@ impl Store {
     /// contact id that does not exist in `tenant` (nothing is recorded), and
     /// [`StoreError::Invalid`] for a malformed event.
     pub async fn insert_events(&self, tenant: &str, events: Vec<NewEvent>) -> Result<Vec<Event>> {
-        let mut results = self.insert_events_many(vec![(tenant.to_owned(), events)]).await?;
+        let mut results = self.insert_events_many_as(Writer::Tenant(tenant), vec![(tenant.to_owned(), events)]).await?;
         results.pop().unwrap_or_else(|| Ok(Vec::new()))
     }
 
@@ -424,6 +424,17 @@ impl Store {
     /// fails alone; the others are committed. The outer error means the
     /// transaction itself failed and nothing was recorded.
     pub async fn insert_events_many(&self, batches: Vec<(String, Vec<NewEvent>)>) -> Result<Vec<Result<Vec<Event>>>> {
+        self.insert_events_many_as(Writer::Intake, batches).await
+    }
+
+    /// [`Store::insert_events_many`], queued for SQLite's writer as `writer`
+    /// (see `write_gate`): the intake commits a heavy tenant's events as
+    /// that tenant's writes.
+    pub(crate) async fn insert_events_many_as(
+        &self,
+        writer: Writer<'_>,
+        batches: Vec<(String, Vec<NewEvent>)>,
+    ) -> Result<Vec<Result<Vec<Event>>>> {
         // Business time: `received_at`, the default `occurred_at`, and the
         // creation time of contacts created for email-only events.
         let now = self.now();
@@ -436,7 +447,7 @@ impl Store {
             .collect();
         let mut outcomes = Vec::new();
         if reqs.iter().any(|r| r.ok() && !r.events.is_empty()) {
-            let mut tx = self.begin_write_for(Writer::Intake).await?;
+            let mut tx = self.begin_write_for(writer).await?;
             outcomes = self.write_requests(&mut tx, &mut reqs, now).await?;
             tx.commit().await?;
         }

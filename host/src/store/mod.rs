@@ -215,11 +215,12 @@ const SLOW_WRITE_TURN: Duration = Duration::from_millis(20);
 
 impl Drop for WriteTurn {
     fn drop(&mut self) {
-        if let Some(turn) = &self.turn
-            && turn.since().elapsed() >= SLOW_WRITE_TURN
-        {
-            let held_ms = turn.since().elapsed().as_millis() as u64;
-            tracing::debug!(held_ms, at = %self.caller, "slow SQLite write turn");
+        if let Some(turn) = &self.turn {
+            let held = turn.since().elapsed();
+            if held >= SLOW_WRITE_TURN {
+                tracing::debug!(held_ms = held.as_millis() as u64, at = %self.caller, "slow SQLite write turn");
+            }
+            tracing::trace!(held_us = held.as_micros() as u64, writer = turn.key(), at = %self.caller, "SQLite write turn");
         }
     }
 }
@@ -484,9 +485,11 @@ impl Store {
             let seen = gate.lock_timeouts();
             let asked = std::time::Instant::now();
             let turn = gate.turn(writer).await;
-            if asked.elapsed() >= SLOW_WRITE_TURN {
-                tracing::debug!(waited_ms = asked.elapsed().as_millis() as u64, at = %caller, "slow SQLite write wait");
+            let waited = asked.elapsed();
+            if waited >= SLOW_WRITE_TURN {
+                tracing::debug!(waited_ms = waited.as_millis() as u64, at = %caller, "slow SQLite write wait");
             }
+            tracing::trace!(waited_us = waited.as_micros() as u64, at = %caller, "SQLite write wait");
             if gate.lock_timeouts() != seen {
                 return Err(StoreError::Locked);
             }

@@ -7,10 +7,12 @@
 //! 1,000-event lane commit, sixteen run saves at once) would then make
 //! every other tenant's small writes wait behind all of its queued ones.
 //! Instead the next turn goes, in this order:
-//! 1. to the **intake**'s group commit, which carries every tenant's new
-//!    events and every `POST /v1/events` waits on; it asks for one turn at a
-//!    time, so it cannot starve the others, who get at least every other
-//!    turn;
+//! 1. to the **intake**'s shared group commit, which carries the new events
+//!    of interactive requests (a `POST /v1/events` waits on it); it asks for
+//!    one turn at a time, so it cannot starve the others, who get at least
+//!    every other turn. A tenant that posts big batches back to back does
+//!    not ride in it: its events commit as its own writes, below (see
+//!    `engine::intake`);
 //! 2. to the waiting writer whose **tenant has held the writer least**:
 //!    start-time fair queuing over the time each tenant's turns lasted
 //!    (work that belongs to no tenant, such as the runner's claims, queues
@@ -33,7 +35,7 @@ use tokio::sync::oneshot;
 /// Who a write is for: where it queues at the [`WriteGate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writer<'a> {
-    /// The intake's group commit (every tenant's new events).
+    /// The intake's shared group commit (light tenants' new events).
     Intake,
     /// Work of one tenant.
     Tenant(&'a str),
@@ -138,6 +140,12 @@ impl Turn {
     /// When the turn was granted.
     pub(crate) fn since(&self) -> Instant {
         self.since
+    }
+
+    /// Whose turn it is: the fair queue's key (`t:<tenant>`, empty for
+    /// shared work, `intake` for the intake).
+    pub(crate) fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("intake")
     }
 
     /// The gate this turn came from.
