@@ -66,6 +66,15 @@ pub const LONG_CALL_FUEL: u64 = 20_000;
 /// oversleeps a little.
 pub const LONG_CALL_GAP: Duration = Duration::from_micros(EPOCH_TICK.as_micros() as u64 * 3 / 2);
 
+/// Whether a call an epoch tick found running is long: it went on running
+/// `since_resumed` ago (after the previous tick or its last turn; `None` on
+/// its first tick) and burnt `fuel_burnt` since the previous tick (see
+/// [`LONG_CALL_GAP`] and [`LONG_CALL_FUEL`]).
+pub fn is_long(since_resumed: Option<Duration>, fuel_burnt: u64) -> bool {
+    let ran_through = since_resumed.is_some_and(|gap| gap <= LONG_CALL_GAP);
+    ran_through && (fuel_burnt == 0 || fuel_burnt >= LONG_CALL_FUEL)
+}
+
 /// How long after its last long call a tenant counts as having burnt CPU
 /// lately: long enough to cover the pauses of a runaway plugin's retries
 /// (its calls end at their deadline and come back), short enough that a
@@ -192,6 +201,25 @@ fn release(turn: &Turn) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_call_that_ran_wasm_through_a_whole_tick_is_long() {
+        let tick = EPOCH_TICK;
+        // A tight loop: through the tick, its fuel count in a register.
+        assert!(is_long(Some(tick), 0));
+        // Busy wasm that calls out now and then: the count moves a lot.
+        assert!(is_long(Some(tick), LONG_CALL_FUEL));
+        assert!(is_long(Some(LONG_CALL_GAP), 8_000_000));
+        // Its first tick: it may have started just before it.
+        assert!(!is_long(None, 8_000_000));
+        // Back from a host call or a turn that waited past the tick.
+        assert!(!is_long(Some(LONG_CALL_GAP + Duration::from_micros(1)), 0));
+        assert!(!is_long(Some(tick * 5), 8_000_000));
+        // Through the tick on the clock but hardly running: the OS had it
+        // preempted, which is no reason to slow its tenant down.
+        assert!(!is_long(Some(tick), 1));
+        assert!(!is_long(Some(tick), LONG_CALL_FUEL - 1));
+    }
 
     #[test]
     fn a_small_machine_keeps_a_core_for_the_server() {

@@ -146,9 +146,7 @@ async fn begin(
     // spinning plugin does not hold a worker thread, and waits for a CPU
     // turn; past the deadline the next tick interrupts any call.
     let deadline_at = started + limits.deadline;
-    // Long: it went on running after the previous tick, or its turn,
-    // within `LONG_CALL_GAP`, and its fuel count moved by none (a tight
-    // loop) or by `LONG_CALL_FUEL` or more (see `cpu_turns`).
+    // Long: see `cpu_turns::is_long`.
     let resumed: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut fuel_at_last_tick = limits.fuel;
     store.epoch_deadline_callback(move |ctx| {
@@ -160,9 +158,7 @@ async fn begin(
         let burnt = fuel_at_last_tick.saturating_sub(fuel_left);
         fuel_at_last_tick = fuel_left;
         let last = resumed.lock().unwrap_or_else(PoisonError::into_inner).replace(now);
-        let ran_through = last.is_some_and(|at| now.duration_since(at) <= cpu_turns::LONG_CALL_GAP);
-        let long = ran_through && (burnt == 0 || burnt >= cpu_turns::LONG_CALL_FUEL);
-        if !long {
+        if !cpu_turns::is_long(last.map(|at| now.duration_since(at)), burnt) {
             return Ok(UpdateDeadline::Continue(1));
         }
         Ok(match &turns {
