@@ -1,9 +1,9 @@
 //! The event pipeline: what happens after an event is durable.
 //!
 //! Work goes in **lanes, one per tenant**. A round finds the tenants with
-//! queued events and, for each whose lane is not running, claims a batch of
-//! that tenant's events (oldest first) and starts its lane as a task of its
-//! own. A lane reads the batch's contacts and their histories in a few
+//! queued events and, for each whose lane is not running, starts its lane
+//! as a task of its own, which claims a batch of that tenant's events
+//! (oldest first). A lane reads the batch's contacts and their histories in a few
 //! queries (the union of what the tenant's scorers and triggers declared
 //! they read), then handles each contact once, concurrently, in event order:
 //! 1. the tenant's scorers run (once per contact per batch) and the new score
@@ -191,26 +191,26 @@ impl Pipeline {
 
     /// Run until the task is aborted: start a lane for every tenant with
     /// queued events whose lane is not running (up to [`MAX_LANES`] at once),
-    /// then sleep until the next commit, a lane's end (its tenant may have
-    /// more), or a second (to pick up work left by a crash). Lanes are
-    /// children of this task: aborting it aborts them, and their events go
-    /// back to the queue when their lease runs out.
+    /// then sleep until the next commit, the end of a lane that had events
+    /// (its tenant may have more), or a second (to pick up work left by a
+    /// crash). Each lane claims its tenant's events itself: a claim waiting
+    /// for SQLite's writer behind other writes (fairly, by tenant:
+    /// `store::write_gate`) holds up only its own tenant, not the claims of
+    /// the tenants after it in the scan. Lanes are children of this task:
+    /// aborting it aborts them, and their events go back to the queue when
+    /// their lease runs out.
     pub async fn run(self: Arc<Self>) {
-        let mut lanes: JoinSet<()> = JoinSet::new();
+        let mut lanes: JoinSet<bool> = JoinSet::new();
         loop {
             while let Some(ended) = lanes.try_join_next() {
-                log_panic(ended);
+                lane_ended(ended);
             }
             let free = MAX_LANES.saturating_sub(lanes.len());
-            match self.claim(free).await {
-                Ok(claimed) if !claimed.is_empty() => {
-                    for (lane, events) in claimed {
+            match self.take_lanes(free).await {
+                Ok(taken) if !taken.is_empty() => {
+                    for lane in taken {
                         let (me, home) = (self.clone(), lane_home(self.registry.runtime(), lane.tenant()));
-                        let run = async move {
-                            // Logged and given back inside; nothing to add.
-                            let _ = me.run_lane(lane, events).await;
-                        };
-                        spawn_lane(&mut lanes, home, run);
+                        spawn_lane(&mut lanes, home, me.claim_and_run_lane(lane));
                     }
                     // Look again: the scan may have stopped at its limit.
                     continue;
@@ -222,10 +222,38 @@ impl Pipeline {
                     continue;
                 }
             }
-            tokio::select! {
-                _ = self.committed.notified() => {}
-                Some(ended) = lanes.join_next(), if !lanes.is_empty() => log_panic(ended),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // A lane that claimed nothing (another node holds its tenant's
+            // events) is no reason to look again at once.
+            let second = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(second);
+            loop {
+                tokio::select! {
+                    _ = self.committed.notified() => break,
+                    Some(ended) = lanes.join_next(), if !lanes.is_empty() => {
+                        if lane_ended(ended) {
+                            break;
+                        }
+                    }
+                    _ = &mut second => break,
+                }
+            }
+        }
+    }
+
+    /// Claim `lane`'s events and process them; whether there were any.
+    async fn claim_and_run_lane(self: Arc<Self>, lane: Lane) -> bool {
+        match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
+            Ok(events) if events.is_empty() => false,
+            // Logged and given back inside; nothing to add.
+            Ok(events) => {
+                let _ = self.run_lane(lane, events).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %lane.tenant(), "claiming events failed, retrying: {e}");
+                // The lane stays taken meanwhile: no claim of it sooner.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                true
             }
         }
     }
@@ -259,8 +287,29 @@ impl Pipeline {
     /// comes with its lane, marked running.
     async fn claim(self: &Arc<Self>, free: usize) -> Result<Vec<(Lane, Vec<Event>)>, StoreError> {
         let mut claimed = Vec::new();
+        for lane in self.take_lanes(free).await? {
+            // Dropping the lane when nothing was claimed unmarks the tenant.
+            match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
+                Ok(events) if events.is_empty() => {}
+                Ok(events) => claimed.push((lane, events)),
+                // Start what was claimed: leased events wait for their lanes.
+                Err(e) if !claimed.is_empty() => {
+                    tracing::warn!(tenant = %lane.tenant(), "claiming events failed: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Take the lanes of up to `free` tenants with queued events whose lane
+    /// is not running, in turn from where the last scan stopped; each is
+    /// marked running until dropped.
+    async fn take_lanes(&self, free: usize) -> Result<Vec<Lane>, StoreError> {
+        let mut taken = Vec::new();
         if free == 0 {
-            return Ok(claimed);
+            return Ok(taken);
         }
         let after = self.cursor.lock().map(|c| c.clone()).unwrap_or_default();
         let mut tenants = self.store.tenants_with_queued_events("", SCAN_TENANTS).await?;
@@ -277,26 +326,16 @@ impl Pipeline {
             tenants.rotate_left(split);
         }
         for tenant in tenants {
-            if claimed.len() >= free {
+            if taken.len() >= free {
                 break;
             }
             let Some(lane) = self.lanes.start(&tenant) else { continue };
             if let Ok(mut cursor) = self.cursor.lock() {
                 cursor.clone_from(&tenant);
             }
-            // Dropping the lane when nothing was claimed unmarks the tenant.
-            match self.store.claim_tenant_events(&tenant, BATCH).await {
-                Ok(events) if events.is_empty() => {}
-                Ok(events) => claimed.push((lane, events)),
-                // Start what was claimed: leased events wait for their lanes.
-                Err(e) if !claimed.is_empty() => {
-                    tracing::warn!(tenant, "claiming events failed: {e}");
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
+            taken.push(lane);
         }
-        Ok(claimed)
+        Ok(taken)
     }
 
     /// Run one tenant's lane over its claimed `events`; on failure give
@@ -659,6 +698,18 @@ pub(crate) fn spawn_lane<T: Send + 'static>(
         Some(home) => lanes.spawn_on(lane, &home),
         None => lanes.spawn(lane),
     };
+}
+
+/// A pipeline lane ended: whether it had events (a panic is logged and
+/// counts as having had them).
+fn lane_ended(ended: Result<bool, tokio::task::JoinError>) -> bool {
+    match ended {
+        Ok(had_events) => had_events,
+        Err(e) => {
+            log_panic(Err(e));
+            true
+        }
+    }
 }
 
 /// Log a lane that panicked (its tenant was unmarked as it unwound).
