@@ -98,6 +98,14 @@ struct InFlight {
     shared: bool,
 }
 
+/// One tenant's requests not yet in a commit, in arrival order, and how
+/// many events they hold.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Pending>,
+    events: usize,
+}
+
 /// The intake's one task: queues requests by tenant and starts the commits
 /// (see the module docs). The commits themselves run as tasks of their own,
 /// so a heavy tenant's commit waiting at the write gate holds up nobody's
@@ -105,8 +113,8 @@ struct InFlight {
 struct Dispatcher {
     store: Store,
     committed: Arc<Notify>,
-    /// Requests not yet in a commit, by tenant, in arrival order.
-    queued: HashMap<String, VecDeque<Pending>>,
+    /// Requests not yet in a commit, by tenant (never an empty queue).
+    queued: HashMap<String, Queue>,
     /// How many requests `queued` holds.
     queued_requests: usize,
     /// Tenants with a commit in flight.
@@ -168,7 +176,9 @@ impl Dispatcher {
             return;
         }
         self.queued_requests += 1;
-        self.queued.entry(pending.tenant_id.clone()).or_default().push_back(pending);
+        let queue = self.queued.entry(pending.tenant_id.clone()).or_default();
+        queue.events += pending.events.len();
+        queue.requests.push_back(pending);
     }
 
     fn ended(&mut self, id: tokio::task::Id, failed: Option<String>, rx: &mut mpsc::Receiver<Pending>) {
@@ -188,7 +198,7 @@ impl Dispatcher {
                 let _ = pending.reply.send(Err(IntakeError::Unavailable(msg.clone())));
             }
             for (_, queue) in self.queued.drain() {
-                for pending in queue {
+                for pending in queue.requests {
                     let _ = pending.reply.send(Err(IntakeError::Unavailable(msg.clone())));
                 }
             }
@@ -200,15 +210,14 @@ impl Dispatcher {
     /// Start a commit for every heavy tenant that has none in flight, and
     /// the shared commit for the light ones if it is not in flight.
     fn start_commits(&mut self) {
-        let free: Vec<String> = self
+        let free: Vec<(String, usize)> = self
             .queued
             .iter()
-            .filter(|(tenant, queue)| !queue.is_empty() && !self.busy.contains(*tenant))
-            .map(|(tenant, _)| tenant.clone())
+            .filter(|(tenant, _)| !self.busy.contains(*tenant))
+            .map(|(tenant, queue)| (tenant.clone(), queue.events))
             .collect();
         let mut light = Vec::new();
-        for tenant in free {
-            let waiting: usize = self.queued.get(&tenant).map_or(0, |q| q.iter().map(|p| p.events.len()).sum());
+        for (tenant, waiting) in free {
             if waiting >= HEAVY_EVENTS {
                 let batch = self.take(&tenant, MAX_REQUESTS_PER_COMMIT, MAX_EVENTS_PER_TENANT_COMMIT);
                 self.spawn_commit(vec![tenant], batch, false);
@@ -239,11 +248,12 @@ impl Dispatcher {
         let mut held = 0;
         if let Some(queue) = self.queued.get_mut(tenant) {
             while taken.len() < requests && (taken.is_empty() || held < events) {
-                let Some(pending) = queue.pop_front() else { break };
+                let Some(pending) = queue.requests.pop_front() else { break };
                 held += pending.events.len();
                 taken.push(pending);
             }
-            if queue.is_empty() {
+            queue.events -= held;
+            if queue.requests.is_empty() {
                 self.queued.remove(tenant);
             }
         }
