@@ -45,6 +45,12 @@ enum Command {
         /// postgres://postgres@127.0.0.1:5432/postgres) instead of SQLite.
         #[arg(long, requires = "noisy_only")]
         postgres: bool,
+        /// With --noisy-only: the noisy tenant posts this many events a
+        /// second in all (e.g. 200, the quiet tenant's rate: its runaway
+        /// plugins still take all its call slots) instead of as fast as
+        /// its rate limit lets it.
+        #[arg(long, requires = "noisy_only", value_name = "EVENTS_PER_SEC")]
+        a_rate: Option<u32>,
         /// Only the cluster figure: events/s with 1, 2 and 3 `cairn serve`
         /// nodes on one database. Needs PostgreSQL (CAIRN_TEST_POSTGRES_URL,
         /// default postgres://postgres@127.0.0.1:5432/postgres); not part of
@@ -146,13 +152,14 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
             Command::Bench { quick, cluster_only: true, .. } => cairn::bench::cluster::run(quick).await,
-            Command::Bench { quick, workflows_only, swap_only, noisy_only, postgres, cluster_only: false } => {
+            Command::Bench { quick, workflows_only, swap_only, noisy_only, postgres, a_rate, cluster_only: false } => {
                 use cairn::bench::Only;
-                use cairn::bench::noisy::Database;
+                use cairn::bench::noisy::{Database, Options};
+                let database = if postgres { Database::Postgres } else { Database::Sqlite };
                 let only = match (workflows_only, swap_only, noisy_only) {
                     (true, _, _) => Only::Workflows,
                     (_, true, _) => Only::Swap,
-                    (_, _, true) => Only::Noisy(if postgres { Database::Postgres } else { Database::Sqlite }),
+                    (_, _, true) => Only::Noisy(Options { database, a_events_per_sec: a_rate }),
                     _ => Only::All,
                 };
                 cairn::bench::run(quick, only).await

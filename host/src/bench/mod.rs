@@ -142,23 +142,24 @@ pub enum Only {
     Workflows,
     /// The hot swap.
     Swap,
-    /// The noisy neighbour, on the given database.
-    Noisy(noisy::Database),
+    /// The noisy neighbour, run as the options say.
+    Noisy(noisy::Options),
 }
 
 /// Run every benchmark (or only the one `only` names).
 pub async fn run(quick: bool, only: Only) -> anyhow::Result<()> {
     match only {
         Only::Swap => return in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await,
-        Only::Noisy(database) => {
-            return in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick, database).await }).await;
+        Only::Noisy(options) => {
+            return in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick, options).await }).await;
         }
         Only::Workflows => {}
         Only::All => {
             plugin_call(if quick { 500 } else { 5000 }).await?;
             in_fresh_dir("pipeline", |dir| async move { pipeline_and_http(&dir, quick).await }).await?;
             in_fresh_dir("swap", |dir| async move { hot_swap::run(&dir, quick).await }).await?;
-            in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick, noisy::Database::Sqlite).await }).await?;
+            in_fresh_dir("noisy", |dir| async move { noisy::run(&dir, quick, noisy::Options::default()).await })
+                .await?;
         }
     }
     in_fresh_dir("wf", |dir| async move { workflow_engine(&dir, quick).await }).await

@@ -13,6 +13,11 @@
 //!   as they are answered, to 64 contacts scored by runaway test guests, and
 //!   enrolling them in a workflow whose action is stuck in a host call (a
 //!   webhook to an endpoint that never answers) until its deadline, retried.
+//!   With [`Options::a_events_per_sec`] the senders keep to that rate
+//!   instead: at B's rate, A's plugins still take every call slot A has
+//!   (its scorers run per contact, and 100 runaway enrollments a second
+//!   are more than 16 slots of 500 ms serve), so what B then pays is A's
+//!   plugins, not A's event volume.
 //!
 //! B's load runs four times: alone; while A *floods* events with no plugin
 //! installed yet (A's events are stored, claimed and processed, nothing
@@ -162,6 +167,16 @@ fn runaway_guests(names: &[&'static str]) -> anyhow::Result<Vec<(&'static str, V
             })
         })
         .collect()
+}
+
+/// How the benchmark runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// The database of the benchmark's server.
+    pub database: Database,
+    /// Tenant A's events per second; `None`: as fast as its rate limit
+    /// ([`TENANT_EVENTS_PER_SEC`]) lets its senders post.
+    pub a_events_per_sec: Option<u32>,
 }
 
 /// Which database the benchmark's server runs on.
@@ -381,7 +396,8 @@ struct Flood {
 
 /// A's senders: batches of `page_viewed` (scored by every runaway scorer)
 /// and `a_work` (enrolls in the runaway workflow) events, as fast as the
-/// server takes them, until `stop`: after a `429` a sender waits what
+/// server takes them (or, with `per_sec`, at that rate in all, the senders
+/// staggered), until `stop`: after a `429` a sender waits what
 /// `Retry-After` says, as an HTTP client should (one that does not spends
 /// the server's CPU on refusals, which is the API's concern, not the
 /// plugins').
@@ -389,16 +405,28 @@ fn a_flood(
     url: &str,
     key: &str,
     contacts: Arc<Vec<String>>,
+    per_sec: Option<u32>,
     stop: Arc<AtomicBool>,
     flood: Arc<Flood>,
 ) -> tokio::task::JoinSet<()> {
     let mut senders = tokio::task::JoinSet::new();
+    // Each sender's time between batches when paced.
+    let every = per_sec.map(|r| Duration::from_secs_f64((A_SENDERS * A_BATCH) as f64 / f64::from(r.max(1))));
     for w in 0..A_SENDERS {
         let (http, url, key) = (reqwest::Client::new(), format!("{url}/v1/events"), key.to_string());
         let (contacts, stop, flood) = (contacts.clone(), stop.clone(), flood.clone());
+        let mut pace = every.map(|every| {
+            let first = tokio::time::Instant::now() + every.mul_f64(w as f64 / A_SENDERS as f64);
+            let mut pace = tokio::time::interval_at(first, every);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pace
+        });
         senders.spawn(async move {
             let mut n = w;
             while !stop.load(Ordering::Relaxed) {
+                if let Some(pace) = &mut pace {
+                    pace.tick().await;
+                }
                 let events: Vec<Value> = (0..A_BATCH)
                     .map(|i| {
                         n += 1;
@@ -560,7 +588,8 @@ impl Phase {
 }
 
 /// Run the three phases and print the figure.
-pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyhow::Result<()> {
+pub async fn run(dir: &std::path::Path, quick: bool, options: Options) -> anyhow::Result<()> {
+    let Options { database, a_events_per_sec } = options;
     let waiting_guests = runaway_guests(&WAITING_SCORERS)?;
     let burning_guests = runaway_guests(&BURNING_SCORERS)?;
     let receiver = start_receiver().await?;
@@ -600,7 +629,7 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
     let stop = Arc::new(AtomicBool::new(false));
     let flood = Arc::new(Flood::default());
     let a_started = Instant::now();
-    let mut senders = a_flood(&url, &a_key, Arc::new(a_contacts), stop.clone(), flood.clone());
+    let mut senders = a_flood(&url, &a_key, Arc::new(a_contacts), a_events_per_sec, stop.clone(), flood.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let flooding = Phase::run(&b, "flooding", duration).await?;
 
@@ -642,6 +671,7 @@ pub async fn run(dir: &std::path::Path, quick: bool, database: Database) -> anyh
             database
         ),
         "database": format!("{database:?}").to_lowercase(),
+        "a_events_per_sec": a_events_per_sec.map_or_else(|| json!(format!("as fast as its limit ({TENANT_EVENTS_PER_SEC}/s) lets it")), |r| json!(r)),
         "b_alone": alone.summary(),
         "b_with_a_flooding": flooding.summary(),
         "b_with_a_waiting": waiting.summary(),

@@ -344,7 +344,12 @@ impl Store {
             let mut conn = sqlx::AnyConnection::connect_with(&options).await?;
             conn.execute("PRAGMA journal_mode = WAL").await?;
             conn.close().await?;
-            AnyPoolOptions::new().max_connections(SQLITE_CONNECTIONS)
+            // No test before each use (the pool's default pings the
+            // connection): a SQLite connection is a file handle in this
+            // process, not a link that can drop, and the ping is one more
+            // round trip to its thread on every query (B's events in `cairn
+            // bench --noisy-only`: p50 4.9 ms against 5.3–5.5).
+            AnyPoolOptions::new().max_connections(SQLITE_CONNECTIONS).test_before_acquire(false)
         };
         let pool = pool_options
             .after_connect(|conn, _meta| {
