@@ -428,11 +428,12 @@ impl Pipeline {
                     collect(done, &mut updates);
                 }
             }
+            let home = lane_home(self.registry.runtime(), tenant);
             let (me, tenant, installs, automation) =
                 (self.clone(), tenant.to_string(), installs.clone(), automation.clone());
-            tasks.spawn(
-                async move { me.process_contact(&tenant, contact, events, history, &installs, &automation).await },
-            );
+            spawn_lane(&mut tasks, home, async move {
+                me.process_contact(&tenant, contact, events, history, &installs, &automation).await
+            });
         }
         while let Some(done) = tasks.join_next().await {
             collect(done, &mut updates);
@@ -681,22 +682,30 @@ pub fn score_property(plugin: &str) -> String {
     format!("{}_score", stem.replace('-', "_"))
 }
 
-/// Where `tenant`'s next lane runs: the background runtime, at the lowest
-/// priority, when the tenant's plugins burnt CPU lately
-/// (`runtime::background`); `None` for this runtime.
+/// Where `tenant`'s next piece of work runs (a lane, a contact's plugin
+/// calls, a run's step): the background runtime, at the lowest priority,
+/// when the tenant's plugins burnt CPU lately (`runtime::background`);
+/// `None` for this runtime.
+///
+/// Asked again for every contact and every run, not once per lane: a lane
+/// started before its tenant's first runaway call (a batch of 64 contacts
+/// with four runaway scorers each lasts seconds) would otherwise make all
+/// of its calls at normal priority, and a trace of `cairn bench
+/// --noisy-only` found two thirds of the memory hog's page faults on the
+/// server's own workers.
 pub(crate) fn lane_home(runtime: &Runtime, tenant: &str) -> Option<Handle> {
     runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten()
 }
 
-/// Spawn a lane in `lanes`, on `home` ([`lane_home`]) or this runtime.
+/// Spawn a tenant's work in `set`, on `home` ([`lane_home`]) or this runtime.
 pub(crate) fn spawn_lane<T: Send + 'static>(
-    lanes: &mut JoinSet<T>,
+    set: &mut JoinSet<T>,
     home: Option<Handle>,
-    lane: impl Future<Output = T> + Send + 'static,
+    work: impl Future<Output = T> + Send + 'static,
 ) {
     match home {
-        Some(home) => lanes.spawn_on(lane, &home),
-        None => lanes.spawn(lane),
+        Some(home) => set.spawn_on(work, &home),
+        None => set.spawn(work),
     };
 }
 

@@ -17,7 +17,9 @@
 //! 15 against 1024), and a normal thread that wakes preempts them. So a
 //! tenant whose plugin calls ran long lately
 //! ([`CpuTurns::burnt_lately`](super::cpu_turns::CpuTurns::burnt_lately))
-//! has its pipeline and workflow lanes spawned here: its plugins, still
+//! has its pipeline and workflow lanes, and each of its contacts' and
+//! runs' work (where its plugins are called), spawned here, the place
+//! chosen anew for each contact and run: its plugins, still
 //! under every limit (deadline, fuel, memory, turns), run on the CPU nobody
 //! else wants, and the server's own work, HTTP and database, and every
 //! other tenant's lanes keep the CPU at once. The work is not starved on an

@@ -26,8 +26,9 @@
 //! its p99 alone.
 //!
 //! A tenant with a long call in the last [`BURNT_LATELY`] has *burnt CPU
-//! lately* ([`CpuTurns::burnt_lately`]): its lanes run on the background
-//! runtime, at the lowest priority (`super::background`).
+//! lately* ([`CpuTurns::burnt_lately`]): its lanes, and the plugin calls
+//! for each of its contacts and runs they start from then on, run on the
+//! background runtime, at the lowest priority (`super::background`).
 //!
 //! A turn lasts one tick even when the call leaves wasm meanwhile (a long
 //! call that then waits in a host call, e.g. for an HTTP answer, gives its

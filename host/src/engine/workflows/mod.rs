@@ -344,8 +344,8 @@ impl Workflows {
             while tasks.len() >= CONCURRENT_RUNS {
                 tasks.join_next().await;
             }
-            let me = self.clone();
-            tasks.spawn(async move {
+            let (me, home) = (self.clone(), lane_home(self.registry.runtime(), lane.tenant()));
+            spawn_lane(&mut tasks, home, async move {
                 let id = run.id.clone();
                 if let Err(e) = me.advance(run).await {
                     // The lease runs out and the run is claimed again.
