@@ -269,12 +269,8 @@ impl Dispatcher {
         let task = self.commits.spawn(async move {
             let requests: Vec<(String, Vec<NewEvent>)> =
                 batch.iter_mut().map(|p| (p.tenant_id.clone(), std::mem::take(&mut p.events))).collect();
-            let writes = store.clone();
-            let committed = store.on_writer(async move {
-                let writer = own.as_deref().map_or(Writer::Intake, Writer::Tenant);
-                writes.insert_events_many_as(writer, requests).await
-            });
-            match committed.await {
+            let writer = own.as_deref().map_or(Writer::Intake, Writer::Tenant);
+            match store.insert_events_many_as(writer, requests).await {
                 Ok(results) => {
                     for (pending, result) in batch.into_iter().zip(results) {
                         let _ = pending.reply.send(result.map_err(IntakeError::from));

@@ -240,15 +240,9 @@ impl Pipeline {
         }
     }
 
-    /// Claim a batch of `tenant`'s events (on SQLite's writer thread).
-    async fn claim_tenant_events(&self, tenant: &str) -> Result<Vec<Event>, StoreError> {
-        let (store, tenant) = (self.store.clone(), tenant.to_string());
-        self.store.on_writer(async move { store.claim_tenant_events(&tenant, BATCH).await }).await
-    }
-
     /// Claim `lane`'s events and process them; whether there were any.
     async fn claim_and_run_lane(self: Arc<Self>, lane: Lane) -> bool {
-        match self.claim_tenant_events(lane.tenant()).await {
+        match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
             Ok(events) if events.is_empty() => false,
             // Logged and given back inside; nothing to add.
             Ok(events) => {
@@ -295,7 +289,7 @@ impl Pipeline {
         let mut claimed = Vec::new();
         for lane in self.take_lanes(free).await? {
             // Dropping the lane when nothing was claimed unmarks the tenant.
-            match self.claim_tenant_events(lane.tenant()).await {
+            match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
                 Ok(events) if events.is_empty() => {}
                 Ok(events) => claimed.push((lane, events)),
                 // Start what was claimed: leased events wait for their lanes.
@@ -374,36 +368,33 @@ impl Pipeline {
         let processed_in = started.elapsed();
         // One transaction: activity, scores, enrollments and "processed"
         // land together.
-        let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
-        let stage_changed = updates.iter().any(|u| u.stage_change.is_some());
-        let events = ids.len();
-        let store = self.store.clone();
-        let decided = self.store.on_writer(async move { store.finish_batch(&updates, &ids).await }).await?;
+        let decided = self.store.finish_batch(&updates, &ids).await?;
         self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
         // Goals read the contact as written just now (score, stage).
+        let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
         if !touched.is_empty()
             && let Err(e) = self.workflows.check_goals(tenant, &touched).await
         {
             // Not fatal: every goal is checked again when its run wakes.
             tracing::warn!(tenant, "checking workflow goals failed: {e}");
         }
-        if stage_changed {
+        if updates.iter().any(|u| u.stage_change.is_some()) {
             // The lifecycle events just committed are work for the next round.
             self.committed.notify_one();
         }
         tracing::debug!(
             tenant,
-            events,
+            events = ids.len(),
             process_us = processed_in.as_micros() as u64,
             write_us = (started.elapsed() - processed_in).as_micros() as u64,
             "pipeline lane"
         );
-        self.stats.events.fetch_add(events as u64, Ordering::Relaxed);
+        self.stats.events.fetch_add(ids.len() as u64, Ordering::Relaxed);
         let now = self.clock.now();
         for at in received {
             self.stats.latency.record(now - at);
         }
-        Ok(events)
+        Ok(ids.len())
     }
 
     /// Read the tenant's contacts and their histories in a few queries, then
@@ -482,8 +473,7 @@ impl Pipeline {
         tracing::info!(install = %active.install.id, kind, cause = error.cause.as_str(), "plugin call failed: {}", error.message);
         let mut record = actions::invocation_record::<()>(active, invocation, call, Err(error), self.clock.now());
         record.event_id = event.map(|e| e.id.clone());
-        let store = self.store.clone();
-        if let Err(e) = self.store.on_writer(async move { store.record_invocation(&record).await }).await {
+        if let Err(e) = self.store.record_invocation(&record).await {
             tracing::warn!("could not record a failed invocation: {e}");
         }
     }

@@ -70,7 +70,6 @@ pub mod testing;
 mod value;
 mod workflows;
 mod write_gate;
-mod writer_thread;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

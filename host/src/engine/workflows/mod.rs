@@ -313,8 +313,7 @@ impl Workflows {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let (store, except) = (self.store.clone(), self.lanes.running());
-        let runs = self.store.on_writer(async move { store.claim_due_runs_except(now, CLAIM, &except).await }).await?;
+        let runs = self.store.claim_due_runs_except(now, CLAIM, &self.lanes.running()).await?;
         let mut by_tenant: Vec<(Lane, Vec<Run>)> = Vec::new();
         let mut back = Vec::new();
         for run in runs {

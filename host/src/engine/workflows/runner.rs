@@ -417,8 +417,7 @@ impl Workflows {
             exit_reason: exit_reason.map(str::to_string),
             at: self.clock.now(),
         };
-        let (store, steps, calls) = (self.store.clone(), steps.to_vec(), calls.to_vec());
-        self.store.on_writer(async move { store.save_run_with_calls(&progress, &steps, &calls).await }).await?;
+        self.store.save_run_with_calls(&progress, steps, calls).await?;
         Ok(())
     }
 }
