@@ -49,7 +49,7 @@ enum Command {
         /// second in all (e.g. 200, the quiet tenant's rate: its runaway
         /// plugins still take all its call slots) instead of as fast as
         /// its rate limit lets it.
-        #[arg(long, requires = "noisy_only", value_name = "EVENTS_PER_SEC")]
+        #[arg(long, requires = "noisy_only", value_name = "EVENTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
         a_rate: Option<u32>,
         /// Only the cluster figure: events/s with 1, 2 and 3 `cairn serve`
         /// nodes on one database. Needs PostgreSQL (CAIRN_TEST_POSTGRES_URL,

@@ -209,8 +209,8 @@ impl Pipeline {
             match self.take_lanes(free).await {
                 Ok(taken) if !taken.is_empty() => {
                     for lane in taken {
-                        let (me, home) = (self.clone(), lane_home(self.registry.runtime(), lane.tenant()));
-                        spawn_lane(&mut lanes, home, me.claim_and_run_lane(lane));
+                        let (me, home) = (self.clone(), tenant_home(self.registry.runtime(), lane.tenant()));
+                        spawn_for_tenant(&mut lanes, home, me.claim_and_run_lane(lane));
                     }
                     // Look again: the scan may have stopped at its limit.
                     continue;
@@ -265,8 +265,8 @@ impl Pipeline {
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut lanes = JoinSet::new();
         for (lane, events) in self.claim(MAX_LANES).await? {
-            let home = lane_home(self.registry.runtime(), lane.tenant());
-            spawn_lane(&mut lanes, home, self.clone().run_lane(lane, events));
+            let home = tenant_home(self.registry.runtime(), lane.tenant());
+            spawn_for_tenant(&mut lanes, home, self.clone().run_lane(lane, events));
         }
         let (mut total, mut failed) = (0, None);
         while let Some(ended) = lanes.join_next().await {
@@ -428,10 +428,10 @@ impl Pipeline {
                     collect(done, &mut updates);
                 }
             }
-            let home = lane_home(self.registry.runtime(), tenant);
+            let home = tenant_home(self.registry.runtime(), tenant);
             let (me, tenant, installs, automation) =
                 (self.clone(), tenant.to_string(), installs.clone(), automation.clone());
-            spawn_lane(&mut tasks, home, async move {
+            spawn_for_tenant(&mut tasks, home, async move {
                 me.process_contact(&tenant, contact, events, history, &installs, &automation).await
             });
         }
@@ -693,12 +693,12 @@ pub fn score_property(plugin: &str) -> String {
 /// of its calls at normal priority, and a trace of `cairn bench
 /// --noisy-only` found two thirds of the memory hog's page faults on the
 /// server's own workers.
-pub(crate) fn lane_home(runtime: &Runtime, tenant: &str) -> Option<Handle> {
+pub(crate) fn tenant_home(runtime: &Runtime, tenant: &str) -> Option<Handle> {
     runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten()
 }
 
-/// Spawn a tenant's work in `set`, on `home` ([`lane_home`]) or this runtime.
-pub(crate) fn spawn_lane<T: Send + 'static>(
+/// Spawn a tenant's work in `set`, on `home` ([`tenant_home`]) or this runtime.
+pub(crate) fn spawn_for_tenant<T: Send + 'static>(
     set: &mut JoinSet<T>,
     home: Option<Handle>,
     work: impl Future<Output = T> + Send + 'static,
