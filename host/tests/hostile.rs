@@ -90,6 +90,13 @@ async fn burnt_lately(server: &Server, client: &Client) -> bool {
     server.state.registry.runtime().cpu_turns().burnt_lately(me["id"].as_str().unwrap())
 }
 
+/// How many of `client`'s tenant's plugin calls ran on the background
+/// runtime, at the lowest priority.
+async fn background_calls(server: &Server, client: &Client) -> u64 {
+    let me = client.ok(Method::GET, "/v1/tenant", None).await.unwrap();
+    server.state.registry.runtime().cpu_turns().background_calls(me["id"].as_str().unwrap())
+}
+
 /// Upload `guest` and install it with `config` and `grants`; the install id.
 async fn install(client: &Client, guest: &str, config: Value, grants: &[&str]) -> String {
     let (s, uploaded) = client.upload(guest_bytes(guest).expect("guest built")).await.unwrap();
@@ -197,6 +204,14 @@ async fn an_infinite_loop_with_fuel_to_spare_is_stopped_at_the_deadline() {
     assert!(failure["error_message"].as_str().unwrap().contains("deadline"), "{failure}");
     assert_still_serving(&server.url(), &acme, "loop").await;
     assert!(burnt_lately(&server, &attacker).await, "a spinning call burns CPU");
+    // From now on the attacker's calls run at the lowest priority; the
+    // demo tenant's, which never burnt CPU, where they are asked for.
+    event(&attacker, "again@attacker.test", "page_viewed").await;
+    wait_for(PATIENCE, || async { Ok((background_calls(&server, &attacker).await > 0).then_some(())) })
+        .await
+        .expect("the attacker's next call runs on the background runtime");
+    assert_still_serving(&server.url(), &acme, "loop-again").await;
+    assert_eq!(background_calls(&server, &acme).await, 0, "the demo tenant's calls stay in place");
     server.shutdown().await;
 }
 
@@ -310,7 +325,7 @@ async fn a_log_flood_is_capped_and_the_call_still_succeeds() {
         now: store::now_ms(),
         test_contact: None,
     };
-    let called = rt.score(&plugin, scope, "{}", &input, "inv").await.expect("succeeds");
+    let called = rt.score(&plugin, scope, "{}", input.clone(), "inv").await.expect("succeeds");
     assert_eq!(called.value.value, 7.0);
     assert_eq!(called.stats.logs.len(), Limits::default().log_lines as usize, "lines beyond the quota are dropped");
     assert!(called.stats.logs.iter().all(|l| l.message.len() == 2048), "each line is cut to 2 KiB");

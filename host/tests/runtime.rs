@@ -56,7 +56,7 @@ async fn score_failure(rt: &Runtime, guest: &str) -> cairn::runtime::CallError {
     let store = memory_store().await;
     let plugin = load(rt, guest_bytes(guest).expect("guest built")).await;
     let input = ProjectedInput::build(&plugin, &sample_contact(), &[]);
-    rt.score(&plugin, scope(rt, &store, "t1", Grants::default()), "{}", &input, "inv")
+    rt.score(&plugin, scope(rt, &store, "t1", Grants::default()), "{}", input.clone(), "inv")
         .await
         .expect_err("hostile guest must fail")
 }
@@ -69,8 +69,10 @@ async fn assert_still_serving(rt: &Runtime) {
     let (contact, events) = cairn::bench::sample_input(now);
     let input = ProjectedInput::build(&plugin, &contact, &events);
     let config = cairn::bench::scorer_config().to_string();
-    let called =
-        rt.score(&plugin, scope(rt, &store, "t1", Grants::default()), &config, &input, "inv").await.expect("score");
+    let called = rt
+        .score(&plugin, scope(rt, &store, "t1", Grants::default()), &config, input.clone(), "inv")
+        .await
+        .expect("score");
     assert!(called.value.value > 0.0, "a real scorer still scores: {:?}", called.value);
     assert!(called.stats.fuel_used > 0);
 }
@@ -87,7 +89,7 @@ async fn prebuilt_scorer_scores_like_the_native_logic_and_reports_fuel() {
     let config = cairn::bench::scorer_config();
     let mut s = scope(&rt, &store, "t1", Grants::default());
     s.now = now;
-    let called = rt.score(&plugin, s, &config.to_string(), &input, "inv").await.expect("score");
+    let called = rt.score(&plugin, s, &config.to_string(), input.clone(), "inv").await.expect("score");
     let native_config: rules_scorer::Config = serde_json::from_value(config).unwrap();
     let sdk_contact = cairn_sdk::Contact {
         id: contact.id.clone(),
@@ -223,7 +225,7 @@ async fn a_plugin_cannot_read_or_tag_another_tenants_contact() {
         ActionInput { contact: convert::contact_to_wit(&own, None), trigger_event: None, idempotency_key: "k".into() };
     let config = serde_json::json!({"contact_id": victim.id}).to_string();
     let called = rt
-        .execute(&plugin, scope(&rt, &store, &b.id, Grants::all_store()), &config, &input, "inv")
+        .execute(&plugin, scope(&rt, &store, &b.id, Grants::all_store()), &config, input.clone(), "inv")
         .await
         .expect("the call itself succeeds");
     assert_eq!(called.value.get("read"), Some(&store::Value::Text("no".into())), "{:?}", called.value);
@@ -243,13 +245,15 @@ async fn store_writes_without_the_grant_are_denied_with_an_error_the_plugin_sees
     let input =
         ActionInput { contact: convert::contact_to_wit(&c, None), trigger_event: None, idempotency_key: "k".into() };
     let err = rt
-        .execute(&plugin, scope(&rt, &store, &t.id, Grants::default()), r#"{"tag":"hot"}"#, &input, "inv")
+        .execute(&plugin, scope(&rt, &store, &t.id, Grants::default()), r#"{"tag":"hot"}"#, input.clone(), "inv")
         .await
         .expect_err("no store-write grant");
     assert_eq!(err.cause, FailureCause::Plugin);
     assert!(err.message.contains("store-write"), "{}", err.message);
     let granted = Grants::parse(&["store-write"]).unwrap();
-    rt.execute(&plugin, scope(&rt, &store, &t.id, granted), r#"{"tag":"hot"}"#, &input, "inv").await.expect("granted");
+    rt.execute(&plugin, scope(&rt, &store, &t.id, granted), r#"{"tag":"hot"}"#, input.clone(), "inv")
+        .await
+        .expect("granted");
     assert_eq!(store.get_contact(&t.id, &c.id).await.unwrap().unwrap().tags, vec!["hot".to_string()]);
 }
 
@@ -263,7 +267,7 @@ async fn http_status(rt: &Runtime, grants: &[&str], url: &str) -> Result<f64, St
     };
     let config = serde_json::json!({"url": url}).to_string();
     let grants = Grants::parse(grants).unwrap();
-    match rt.execute(&plugin, scope(rt, &store, "t1", grants), &config, &input, "inv").await {
+    match rt.execute(&plugin, scope(rt, &store, "t1", grants), &config, input.clone(), "inv").await {
         Ok(called) => Ok(called
             .value
             .get("status")
@@ -317,14 +321,15 @@ async fn a_component_built_on_the_per_kind_world_without_the_sdk_loads_and_score
     assert_eq!(plugin.description.kinds, vec![cairn::runtime::Kind::Scorer]);
     let (contact, events) = cairn::bench::sample_input(store::now_ms());
     let input = ProjectedInput::build(&plugin, &contact, &events);
-    let called = rt.score(&plugin, scope(&rt, &store, "t1", Grants::default()), "{}", &input, "inv").await.unwrap();
+    let called =
+        rt.score(&plugin, scope(&rt, &store, "t1", Grants::default()), "{}", input.clone(), "inv").await.unwrap();
     assert_eq!(called.value.value, 50.0);
     let err = rt
         .execute(
             &plugin,
             scope(&rt, &store, "t1", Grants::default()),
             "{}",
-            &ActionInput {
+            ActionInput {
                 contact: convert::contact_to_wit(&contact, None),
                 trigger_event: None,
                 idempotency_key: "k".into(),
@@ -364,7 +369,8 @@ async fn a_plain_cairn_plugin_component_runs_beside_one_with_the_health_self_tes
     let (contact, events) = cairn::bench::sample_input(store::now_ms());
     for (plugin, expected) in [(&plain, 50.0), (&checked, 3.0)] {
         let input = ProjectedInput::build(plugin, &contact, &events);
-        let called = rt.score(plugin, scope(&rt, &store, "t1", Grants::default()), "{}", &input, "inv").await.unwrap();
+        let called =
+            rt.score(plugin, scope(&rt, &store, "t1", Grants::default()), "{}", input.clone(), "inv").await.unwrap();
         assert_eq!(called.value.value, expected);
     }
 }

@@ -131,14 +131,14 @@ async fn a_tenants_calls_beyond_its_slots_wait_for_its_own_and_never_block_anoth
         let (rt, slow, store, input) = (rt.clone(), slow.clone(), store.clone(), input.clone());
         calls.push(tokio::spawn(async move {
             let began = Instant::now();
-            let outcome = rt.score(&slow, scope(&rt, &store, "a"), "{}", &input, "i").await;
+            let outcome = rt.score(&slow, scope(&rt, &store, "a"), "{}", (*input).clone(), "i").await;
             (outcome, began.elapsed())
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Tenant B meanwhile: its own slot, answered at once.
     let b_started = Instant::now();
-    let b = rt.score(&fast, scope(&rt, &store, "b"), "{}", &ProjectedInput::build(&fast, &contact, &events), "i").await;
+    let b = rt.score(&fast, scope(&rt, &store, "b"), "{}", ProjectedInput::build(&fast, &contact, &events), "i").await;
     assert_eq!(b.unwrap().value.value, 1.0);
     assert!(b_started.elapsed() < Duration::from_millis(300), "B waited {:?}", b_started.elapsed());
 

@@ -72,7 +72,7 @@ async fn inbound(
     let scope = active.scope(&state.store, state.registry.runtime(), state.pipeline.clock().now());
     let invocation = crate::store::new_id();
     let result =
-        state.registry.runtime().parse_inbound(&active.plugin, scope, &active.config_text, &request, &invocation).await;
+        state.registry.runtime().parse_inbound(&active.plugin, scope, &active.config_text, request, &invocation).await;
     let summary = match &result {
         Ok(called) => Ok(Called { value: parsed_json(&called.value), stats: called.stats.clone() }),
         Err(e) => Err(e),

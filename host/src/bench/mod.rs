@@ -276,7 +276,7 @@ async fn plugin_call(iterations: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         // The projection is part of the call: the host builds the input each time.
         let input = ProjectedInput::build(&plugin, &contact, &events);
-        let called = runtime.score(&plugin, scope.clone(), &config, &input, "bench").await?;
+        let called = runtime.score(&plugin, scope.clone(), &config, input, "bench").await?;
         wasm.push(started.elapsed().as_nanos() as f64 / 1000.0);
         fuel = called.stats.fuel_used;
         wasm_score = called.value.value;

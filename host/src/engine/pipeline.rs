@@ -49,7 +49,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -60,7 +59,7 @@ use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::recorded::RecordedCall;
-use crate::runtime::{CallError, CallScope, Runtime, background};
+use crate::runtime::{CallError, CallScope};
 use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
 /// Events one lane claims (one tenant's batch).
@@ -209,8 +208,7 @@ impl Pipeline {
             match self.take_lanes(free).await {
                 Ok(taken) if !taken.is_empty() => {
                     for lane in taken {
-                        let (me, home) = (self.clone(), tenant_home(self.registry.runtime(), lane.tenant()));
-                        spawn_for_tenant(&mut lanes, home, me.claim_and_run_lane(lane));
+                        lanes.spawn(self.clone().claim_and_run_lane(lane));
                     }
                     // Look again: the scan may have stopped at its limit.
                     continue;
@@ -265,8 +263,7 @@ impl Pipeline {
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut lanes = JoinSet::new();
         for (lane, events) in self.claim(MAX_LANES).await? {
-            let home = tenant_home(self.registry.runtime(), lane.tenant());
-            spawn_for_tenant(&mut lanes, home, self.clone().run_lane(lane, events));
+            lanes.spawn(self.clone().run_lane(lane, events));
         }
         let (mut total, mut failed) = (0, None);
         while let Some(ended) = lanes.join_next().await {
@@ -428,12 +425,11 @@ impl Pipeline {
                     collect(done, &mut updates);
                 }
             }
-            let home = tenant_home(self.registry.runtime(), tenant);
             let (me, tenant, installs, automation) =
                 (self.clone(), tenant.to_string(), installs.clone(), automation.clone());
-            spawn_for_tenant(&mut tasks, home, async move {
-                me.process_contact(&tenant, contact, events, history, &installs, &automation).await
-            });
+            tasks.spawn(
+                async move { me.process_contact(&tenant, contact, events, history, &installs, &automation).await },
+            );
         }
         while let Some(done) = tasks.join_next().await {
             collect(done, &mut updates);
@@ -524,7 +520,7 @@ impl Pipeline {
             let result = self
                 .registry
                 .runtime()
-                .score(&active.plugin, self.scope(active), &active.config_text, &input, &invocation)
+                .score(&active.plugin, self.scope(active), &active.config_text, input, &invocation)
                 .await;
             match result {
                 Ok(called) => {
@@ -640,7 +636,7 @@ impl Pipeline {
         let result = self
             .registry
             .runtime()
-            .on_event(&install.plugin, self.scope(install), &install.config_text, &input, event, &invocation)
+            .on_event(&install.plugin, self.scope(install), &install.config_text, input, event, &invocation)
             .await;
         let enrollments = match result {
             Ok(called) => {
@@ -680,33 +676,6 @@ impl Pipeline {
 pub fn score_property(plugin: &str) -> String {
     let stem = plugin.strip_suffix("-scorer").unwrap_or(plugin);
     format!("{}_score", stem.replace('-', "_"))
-}
-
-/// Where `tenant`'s next piece of work runs (a lane, a contact's plugin
-/// calls, a run's step): the background runtime, at the lowest priority,
-/// when the tenant's plugins burnt CPU lately (`runtime::background`);
-/// `None` for this runtime.
-///
-/// Asked again for every contact and every run, not once per lane: a lane
-/// started before its tenant's first runaway call (a batch of 64 contacts
-/// with four runaway scorers each lasts seconds) would otherwise make all
-/// of its calls at normal priority, and a trace of `cairn bench
-/// --noisy-only` found two thirds of the memory hog's page faults on the
-/// server's own workers.
-pub(crate) fn tenant_home(runtime: &Runtime, tenant: &str) -> Option<Handle> {
-    runtime.cpu_turns().burnt_lately(tenant).then(background::handle).flatten()
-}
-
-/// Spawn a tenant's work in `set`, on `home` ([`tenant_home`]) or this runtime.
-pub(crate) fn spawn_for_tenant<T: Send + 'static>(
-    set: &mut JoinSet<T>,
-    home: Option<Handle>,
-    work: impl Future<Output = T> + Send + 'static,
-) {
-    match home {
-        Some(home) => set.spawn_on(work, &home),
-        None => set.spawn(work),
-    };
 }
 
 /// A pipeline lane ended: whether it had events (a panic is logged and

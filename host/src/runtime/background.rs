@@ -14,19 +14,26 @@
 //!
 //! The operating system can: threads of a nice-19 runtime get the CPU only
 //! when threads at normal priority leave it (Linux CFS weighs nice 19 at
-//! 15 against 1024), and a normal thread that wakes preempts them. So a
-//! tenant whose plugin calls ran long lately
+//! 15 against 1024), and a normal thread that wakes preempts them. So each
+//! plugin call of a tenant whose plugins ran long lately
 //! ([`CpuTurns::burnt_lately`](super::cpu_turns::CpuTurns::burnt_lately))
-//! has its pipeline and workflow lanes, and each of its contacts' and
-//! runs' work (where its plugins are called), spawned here, the place
-//! chosen anew for each contact and run: its plugins, still
-//! under every limit (deadline, fuel, memory, turns), run on the CPU nobody
-//! else wants, and the server's own work, HTTP and database, and every
-//! other tenant's lanes keep the CPU at once. The work is not starved on an
-//! idle machine (a lower priority, not a cap). Its SQL statements run on
-//! the store's own threads, at normal priority; the steps between them run
-//! here, so on a saturated machine a write turn it holds can stretch, and
-//! the write gate charges the tenant for that time (`store::write_gate`).
+//! runs its instance here, still under every limit (deadline, fuel, memory,
+//! turns), on the CPU nobody else wants; the server's own work, HTTP and
+//! database, and every other tenant's calls keep the CPU at once. The work
+//! is not starved on an idle machine (a lower priority, not a cap).
+//!
+//! Only the call's instance comes here (`invoke::Runtime::call_for_tenant`),
+//! not the lane or run that asked for it: the database work around a call
+//! (claims, commits, run saves) holds SQLite's one writer, and a write
+//! transaction held by a task on this runtime would wait for a worker
+//! between each two statements, behind runaway plugins at the lowest
+//! priority, while every other tenant's writes wait behind it. An earlier
+//! version placed whole lanes here and traced exactly that: write turns of
+//! 6–18 ms and hand-overs up to 13 ms late in `cairn bench --noisy-only`.
+//!
+//! Threads started from a thread inherit its nice value: nothing that starts
+//! threads for others (a SQLite connection, a blocking pool) may be started
+//! from here. The SQLite pool opens its connections when a store opens.
 //!
 //! Elsewhere than Linux, the runtime is still separate but its threads keep
 //! their priority.
@@ -88,5 +95,43 @@ mod tests {
             tokio::spawn(async { rustix::process::getpriority_process(Some(rustix::thread::gettid())) }).await
         });
         assert_eq!(nice.ok().and_then(Result::ok), Some(super::NICE));
+    }
+
+    #[test]
+    fn queries_from_background_threads_start_no_low_priority_database_threads() {
+        let db = crate::store::testing::TempSqlite::new();
+        // The store opens on a thread at normal priority, as the server's does.
+        let opener = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let store = opener.block_on(crate::store::Store::open(&db.url())).expect("the store opens");
+        // More queries at once than the pool has connections, all from the
+        // background runtime (as plugins' host calls make them): a pool that
+        // opened connections on demand would start their threads here.
+        let handle = super::handle().expect("the background runtime starts");
+        handle.block_on(async {
+            let mut queries = tokio::task::JoinSet::new();
+            for _ in 0..32 {
+                let store = store.clone();
+                queries.spawn(async move { sqlx::query("SELECT 1").execute(store.pool()).await.map(|_| ()) });
+            }
+            while let Some(done) = queries.join_next().await {
+                assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+            }
+        });
+        let mut seen = 0;
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc") {
+            let path = task.expect("a thread").path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if !name.starts_with("sqlx-sqlite") {
+                continue;
+            }
+            let tid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok());
+            // Another test's thread may have ended meanwhile.
+            let Ok(nice) = rustix::process::getpriority_process(tid.and_then(rustix::process::Pid::from_raw)) else {
+                continue;
+            };
+            assert_eq!(nice, 0, "database thread {path:?} runs at a lowered priority");
+            seen += 1;
+        }
+        assert!(seen > 0, "the store's connection threads were found");
     }
 }

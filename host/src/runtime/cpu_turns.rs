@@ -26,8 +26,7 @@
 //! its p99 alone.
 //!
 //! A tenant with a long call in the last [`BURNT_LATELY`] has *burnt CPU
-//! lately* ([`CpuTurns::burnt_lately`]): its lanes, and the plugin calls
-//! for each of its contacts and runs they start from then on, run on the
+//! lately* ([`CpuTurns::burnt_lately`]): its plugin calls run on the
 //! background runtime, at the lowest priority (`super::background`).
 //!
 //! A turn lasts one tick even when the call leaves wasm meanwhile (a long
@@ -37,6 +36,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +95,15 @@ pub struct CpuTurns {
 struct TenantTurns {
     turns: Arc<Semaphore>,
     last_long: Mutex<Option<Instant>>,
+    /// Calls of the tenant run on the background runtime, since the start.
+    background_calls: AtomicU64,
+}
+
+impl TenantTurns {
+    fn burnt_lately(&self) -> bool {
+        let last = *self.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.is_some_and(|at| at.elapsed() < BURNT_LATELY)
+    }
 }
 
 impl CpuTurns {
@@ -131,6 +140,7 @@ impl CpuTurns {
                         Arc::new(TenantTurns {
                             turns: Arc::new(Semaphore::new(self.per_tenant)),
                             last_long: Mutex::default(),
+                            background_calls: AtomicU64::new(0),
                         })
                     })
                     .clone(),
@@ -143,10 +153,14 @@ impl CpuTurns {
     /// within the last [`BURNT_LATELY`].
     pub fn burnt_lately(&self, tenant: &str) -> bool {
         let tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tenants.get(tenant).is_some_and(|t| {
-            let last = *t.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            last.is_some_and(|at| at.elapsed() < BURNT_LATELY)
-        })
+        tenants.get(tenant).is_some_and(|t| t.burnt_lately())
+    }
+
+    /// How many of `tenant`'s calls ran on the background runtime (see
+    /// [`CallTurns::ran_in_background`]).
+    pub fn background_calls(&self, tenant: &str) -> u64 {
+        let tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tenants.get(tenant).map_or(0, |t| t.background_calls.load(Ordering::Relaxed))
     }
 }
 
@@ -164,6 +178,16 @@ pub struct CallTurns {
 }
 
 impl CallTurns {
+    /// Whether this call's tenant burnt CPU lately ([`CpuTurns::burnt_lately`]).
+    pub fn tenant_burnt_lately(&self) -> bool {
+        self.tenant.burnt_lately()
+    }
+
+    /// Count this call as run on the background runtime.
+    pub fn ran_in_background(&self) {
+        self.tenant.background_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// At an epoch tick: give back the turn held, then (in the future
     /// returned, which wasmtime awaits before running the guest on) wait
     /// for the next one and yield to the other tasks.

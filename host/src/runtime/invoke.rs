@@ -7,6 +7,8 @@
 //! happened (deadline, fuel, memory, stack, trap with its message, the
 //! plugin's own error), so it can be recorded and shown to the developer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -236,17 +238,31 @@ impl Call {
     }
 }
 
+/// A call let in ([`Runtime::admit`]): its tenant's call slot, what is
+/// left of its limits, its CPU turns.
+struct Admitted {
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    limits: Limits,
+    turns: CallTurns,
+}
+
+/// The part of a call that touches its instance: given the call's store and
+/// instance, load the export and call it.
+type GuestCall<T> = Box<
+    dyn for<'a> FnOnce(
+            &'a mut Store<HostState>,
+            &'a Instance,
+        )
+            -> Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::PluginError>>> + Send + 'a>>
+        + Send,
+>;
+
 impl Runtime {
-    /// [`begin`] once the tenant has a free call slot
+    /// Let a call in once its tenant has a free call slot
     /// ([`Limits::tenant_concurrent_calls`]). Waiting counts against the
     /// call's deadline: a tenant whose calls pile up gets `unavailable`
     /// (retryable, not the plugin's fault) rather than other tenants' workers.
-    async fn begin_for_tenant(
-        &self,
-        pre: &InstancePre<HostState>,
-        scope: CallScope,
-        limits: &Limits,
-    ) -> Result<Call, CallError> {
+    async fn admit(&self, scope: &CallScope, limits: &Limits) -> Result<Admitted, CallError> {
         let waited_from = Instant::now();
         let unavailable = || CallError {
             cause: FailureCause::Unavailable,
@@ -271,11 +287,68 @@ impl Runtime {
         if left < Duration::from_millis(1) {
             return Err(unavailable());
         }
-        let limits = &Limits { deadline: left, ..limits.clone() };
-        let turns = self.cpu_turns.for_call(&scope.tenant_id);
-        let mut call = begin(pre, Some(scope), limits, Some(turns)).await?;
-        call._slot = slot;
-        Ok(call)
+        Ok(Admitted {
+            slot,
+            limits: Limits { deadline: left, ..limits.clone() },
+            turns: self.cpu_turns.for_call(&scope.tenant_id),
+        })
+    }
+
+    /// Make a tenant's call: let it in ([`Runtime::admit`]), then
+    /// instantiate `pre` and run `guest` against the instance, under the
+    /// call's limits.
+    ///
+    /// Where the instance runs depends on the tenant: when its plugins burnt
+    /// CPU lately ([`CpuTurns::burnt_lately`](cpu_turns::CpuTurns::burnt_lately)),
+    /// on the background runtime, at the lowest priority
+    /// (`super::background`); otherwise here. Only the instance goes: the
+    /// caller (a pipeline lane, a workflow run, a request) stays where it
+    /// is, so the database work around the call — claims, commits, run saves,
+    /// which hold SQLite's one writer — never waits behind runaway plugins on
+    /// a low-priority worker while every other tenant's writes wait behind it.
+    async fn call_for_tenant<T: Send + 'static>(
+        &self,
+        pre: &InstancePre<HostState>,
+        scope: CallScope,
+        limits: &Limits,
+        guest: GuestCall<T>,
+    ) -> Result<Called<T>, CallError> {
+        let Admitted { slot, limits, turns } = self.admit(&scope, limits).await?;
+        let home = turns.tenant_burnt_lately().then(super::background::handle).flatten();
+        if home.is_some() {
+            turns.ran_in_background();
+        }
+        let pre = pre.clone();
+        let call = async move {
+            let mut call = begin(&pre, Some(scope), &limits, Some(turns)).await?;
+            call._slot = slot;
+            let Call { store, instance, .. } = &mut call;
+            let outcome = tokio::time::timeout(limits.deadline, guest(store, instance)).await;
+            call.finish(outcome)
+        };
+        let Some(home) = home else { return call.await };
+        // Aborted if the caller stops waiting (a lane aborted at shutdown),
+        // as the call would have been in place.
+        let mut placed = AbortOnDrop(home.spawn(call));
+        match (&mut placed.0).await {
+            Ok(called) => called,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(CallError {
+                cause: FailureCause::Unavailable,
+                message: "the call was cancelled".into(),
+                retryable: true,
+                stats: CallStats::default(),
+            }),
+        }
+    }
+}
+
+/// Aborts the call's task when the caller stops waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -412,6 +485,7 @@ impl Runtime {
 }
 
 /// The inputs a scorer or trigger sees, projected per its `reads`.
+#[derive(Clone)]
 pub struct ProjectedInput {
     /// The contact with only the declared properties.
     pub contact: wit::Contact,
@@ -442,17 +516,19 @@ impl Runtime {
         plugin: &LoadedPlugin,
         scope: CallScope,
         config: &str,
-        input: &ProjectedInput,
+        input: ProjectedInput,
         invocation_id: &str,
     ) -> Result<Called<ScoreResult>, CallError> {
-        let indices = plugin.scorer.as_ref().ok_or_else(|| unsupported("scorer"))?;
+        let indices = plugin.scorer.clone().ok_or_else(|| unsupported("scorer"))?;
         let limits = self.limits().clone();
-        let ctx = call_context(&scope, invocation_id);
-        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
-        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
-        let fut = guest.call_score(&mut call.store, &ctx, config, &input.contact, &input.events);
-        let outcome = tokio::time::timeout(limits.deadline, fut).await;
-        let called = call.finish(outcome)?;
+        let (ctx, config) = (call_context(&scope, invocation_id), config.to_string());
+        let guest: GuestCall<_> = Box::new(move |store, instance| {
+            Box::pin(async move {
+                let guest = indices.load(&mut *store, instance)?;
+                guest.call_score(store, &ctx, &config, &input.contact, &input.events).await
+            })
+        });
+        let called = self.call_for_tenant(&plugin.pre, scope, &limits, guest).await?;
         let size: usize = called.value.reasons.iter().map(|r| r.len() + 8).sum();
         if size > limits.output_bytes {
             return Err(too_large(size, &limits, called.stats));
@@ -478,19 +554,21 @@ impl Runtime {
         plugin: &LoadedPlugin,
         scope: CallScope,
         config: &str,
-        input: &ProjectedInput,
+        input: ProjectedInput,
         event: &store::Event,
         invocation_id: &str,
     ) -> Result<Called<Vec<guest::trigger::Enrollment>>, CallError> {
-        let indices = plugin.trigger.as_ref().ok_or_else(|| unsupported("trigger"))?;
+        let indices = plugin.trigger.clone().ok_or_else(|| unsupported("trigger"))?;
         let limits = self.limits().clone();
-        let ctx = call_context(&scope, invocation_id);
+        let (ctx, config) = (call_context(&scope, invocation_id), config.to_string());
         let event = convert::event_to_wit(event);
-        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
-        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
-        let fut = guest.call_on_event(&mut call.store, &ctx, config, &input.contact, &event, &input.events);
-        let outcome = tokio::time::timeout(limits.deadline, fut).await;
-        let called = call.finish(outcome)?;
+        let guest: GuestCall<_> = Box::new(move |store, instance| {
+            Box::pin(async move {
+                let guest = indices.load(&mut *store, instance)?;
+                guest.call_on_event(store, &ctx, &config, &input.contact, &event, &input.events).await
+            })
+        });
+        let called = self.call_for_tenant(&plugin.pre, scope, &limits, guest).await?;
         let size: usize = called.value.iter().map(|e| e.contact_id.len() + e.reason.len()).sum();
         if size > limits.output_bytes {
             return Err(too_large(size, &limits, called.stats));
@@ -504,17 +582,19 @@ impl Runtime {
         plugin: &LoadedPlugin,
         scope: CallScope,
         config: &str,
-        input: &guest::action::ActionInput,
+        input: guest::action::ActionInput,
         invocation_id: &str,
     ) -> Result<Called<store::Properties>, CallError> {
-        let indices = plugin.action.as_ref().ok_or_else(|| unsupported("action"))?;
+        let indices = plugin.action.clone().ok_or_else(|| unsupported("action"))?;
         let limits = self.limits().clone();
-        let ctx = call_context(&scope, invocation_id);
-        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
-        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
-        let fut = guest.call_execute(&mut call.store, &ctx, config, input);
-        let outcome = tokio::time::timeout(limits.deadline, fut).await;
-        let called = call.finish(outcome)?;
+        let (ctx, config) = (call_context(&scope, invocation_id), config.to_string());
+        let guest: GuestCall<_> = Box::new(move |store, instance| {
+            Box::pin(async move {
+                let guest = indices.load(&mut *store, instance)?;
+                guest.call_execute(store, &ctx, &config, &input).await
+            })
+        });
+        let called = self.call_for_tenant(&plugin.pre, scope, &limits, guest).await?;
         let size = properties_size(&called.value);
         if size > limits.output_bytes {
             return Err(too_large(size, &limits, called.stats));
@@ -528,17 +608,19 @@ impl Runtime {
         plugin: &LoadedPlugin,
         scope: CallScope,
         config: &str,
-        message: &guest::channel::Message,
+        message: guest::channel::Message,
         invocation_id: &str,
     ) -> Result<Called<guest::channel::Receipt>, CallError> {
-        let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
+        let indices = plugin.channel.clone().ok_or_else(|| unsupported("channel"))?;
         let limits = self.limits().clone();
-        let ctx = call_context(&scope, invocation_id);
-        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
-        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
-        let fut = guest.call_send(&mut call.store, &ctx, config, message);
-        let outcome = tokio::time::timeout(limits.deadline, fut).await;
-        call.finish(outcome)
+        let (ctx, config) = (call_context(&scope, invocation_id), config.to_string());
+        let guest: GuestCall<_> = Box::new(move |store, instance| {
+            Box::pin(async move {
+                let guest = indices.load(&mut *store, instance)?;
+                guest.call_send(store, &ctx, &config, &message).await
+            })
+        });
+        self.call_for_tenant(&plugin.pre, scope, &limits, guest).await
     }
 
     /// Parse a provider callback into events.
@@ -547,17 +629,19 @@ impl Runtime {
         plugin: &LoadedPlugin,
         scope: CallScope,
         config: &str,
-        request: &guest::channel::InboundRequest,
+        request: guest::channel::InboundRequest,
         invocation_id: &str,
     ) -> Result<Called<Vec<guest::channel::InboundEvent>>, CallError> {
-        let indices = plugin.channel.as_ref().ok_or_else(|| unsupported("channel"))?;
+        let indices = plugin.channel.clone().ok_or_else(|| unsupported("channel"))?;
         let limits = self.limits().clone();
-        let ctx = call_context(&scope, invocation_id);
-        let mut call = self.begin_for_tenant(&plugin.pre, scope, &limits).await?;
-        let guest = indices.load(&mut call.store, &call.instance).map_err(|e| classify(e, &call.store, limits.fuel))?;
-        let fut = guest.call_parse_inbound(&mut call.store, &ctx, config, request);
-        let outcome = tokio::time::timeout(limits.deadline, fut).await;
-        let called = call.finish(outcome)?;
+        let (ctx, config) = (call_context(&scope, invocation_id), config.to_string());
+        let guest: GuestCall<_> = Box::new(move |store, instance| {
+            Box::pin(async move {
+                let guest = indices.load(&mut *store, instance)?;
+                guest.call_parse_inbound(store, &ctx, &config, &request).await
+            })
+        });
+        let called = self.call_for_tenant(&plugin.pre, scope, &limits, guest).await?;
         let size: usize = called.value.iter().map(|e| e.kind.len() + properties_size(&e.properties)).sum();
         if size > limits.output_bytes {
             return Err(too_large(size, &limits, called.stats));

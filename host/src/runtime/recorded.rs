@@ -317,7 +317,7 @@ impl Runtime {
                     contact: contact.to_wit(),
                     events: events.iter().map(|e| e.to_wit(&contact.id)).collect(),
                 };
-                let called = self.score(plugin, scope, &config_text(config), &input, invocation_id).await?;
+                let called = self.score(plugin, scope, &config_text(config), input, invocation_id).await?;
                 Ok(json(called, |s| serde_json::json!({"score": s.value, "reasons": s.reasons})))
             }
             RecordedCall::OnEvent { config, contact, event, history } => {
@@ -334,7 +334,7 @@ impl Runtime {
                     received_at: event.occurred_at,
                     processed: false,
                 };
-                let called = self.on_event(plugin, scope, &config_text(config), &input, &event, invocation_id).await?;
+                let called = self.on_event(plugin, scope, &config_text(config), input, &event, invocation_id).await?;
                 Ok(json(called, |enrollments| {
                     Json::Array(
                         enrollments
@@ -350,7 +350,7 @@ impl Runtime {
                     trigger_event: trigger_event.as_ref().map(|e| e.to_wit(&contact.id)),
                     idempotency_key: idempotency_key.clone(),
                 };
-                let called = self.execute(plugin, scope, &config_text(config), &input, invocation_id).await?;
+                let called = self.execute(plugin, scope, &config_text(config), input, invocation_id).await?;
                 Ok(json(called, |props| serde_json::to_value(props).unwrap_or(Json::Null)))
             }
             RecordedCall::Send { config, contact, subject, body, properties, idempotency_key } => {
@@ -361,7 +361,7 @@ impl Runtime {
                     properties: convert::properties_to_wit(properties, None),
                     idempotency_key: idempotency_key.clone(),
                 };
-                let called = self.send(plugin, scope, &config_text(config), &message, invocation_id).await?;
+                let called = self.send(plugin, scope, &config_text(config), message, invocation_id).await?;
                 Ok(json(called, |r| serde_json::json!({"provider_id": r.provider_id, "status": r.status})))
             }
             RecordedCall::ParseInbound { config, path, headers, body } => {
@@ -370,7 +370,7 @@ impl Runtime {
                     headers: headers.clone(),
                     body: body.clone().into_bytes(),
                 };
-                let called = self.parse_inbound(plugin, scope, &config_text(config), &request, invocation_id).await?;
+                let called = self.parse_inbound(plugin, scope, &config_text(config), request, invocation_id).await?;
                 Ok(json(called, |events| {
                     Json::Array(
                         events

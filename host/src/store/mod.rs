@@ -349,7 +349,19 @@ impl Store {
             // process, not a link that can drop, and the ping is one more
             // round trip to its thread on every query (B's events in `cairn
             // bench --noisy-only`: p50 4.9 ms against 5.3–5.5).
-            AnyPoolOptions::new().max_connections(SQLITE_CONNECTIONS).test_before_acquire(false)
+            //
+            // Every connection opened now and kept: each has a thread of its
+            // own, and a thread inherits the priority of the thread that
+            // starts it. Opened on demand, a connection could be started by a
+            // plugin's host call on the lowest-priority background runtime
+            // (`runtime::background`), and every tenant's queries that land
+            // on it would then run at that priority.
+            AnyPoolOptions::new()
+                .min_connections(SQLITE_CONNECTIONS)
+                .max_connections(SQLITE_CONNECTIONS)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false)
         };
         let pool = pool_options
             .after_connect(|conn, _meta| {

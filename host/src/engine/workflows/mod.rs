@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::engine::pipeline::{Lane, TenantLanes, log_panic, spawn_for_tenant, tenant_home};
+use crate::engine::pipeline::{Lane, TenantLanes, log_panic};
 use crate::registry::Registry;
 use crate::store::{Run, Store, StoreError};
 use program::Program;
@@ -287,8 +287,7 @@ impl Workflows {
         let mut started = 0;
         for (lane, runs) in self.claim(free).await? {
             started += runs.len();
-            let home = tenant_home(self.registry.runtime(), lane.tenant());
-            spawn_for_tenant(lanes, home, self.clone().run_lane(lane, runs));
+            lanes.spawn(self.clone().run_lane(lane, runs));
         }
         Ok(started + fired)
     }
@@ -344,8 +343,8 @@ impl Workflows {
             while tasks.len() >= CONCURRENT_RUNS {
                 tasks.join_next().await;
             }
-            let (me, home) = (self.clone(), tenant_home(self.registry.runtime(), lane.tenant()));
-            spawn_for_tenant(&mut tasks, home, async move {
+            let me = self.clone();
+            tasks.spawn(async move {
                 let id = run.id.clone();
                 if let Err(e) = me.advance(run).await {
                     // The lease runs out and the run is claimed again.
