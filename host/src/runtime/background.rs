@@ -1,5 +1,5 @@
-//! The background runtime: where a tenant whose plugins burn CPU has its
-//! work run, at the lowest OS scheduling priority.
+//! The background runtime: where the plugin calls of a tenant whose plugins
+//! burn CPU run, at the lowest OS scheduling priority.
 //!
 //! CPU turns (`cpu_turns`) hold a tenant's long plugin calls to one core's
 //! worth, and long calls of all tenants to one core fewer than the
@@ -32,8 +32,13 @@
 //! 6–18 ms and hand-overs up to 13 ms late in `cairn bench --noisy-only`.
 //!
 //! Threads started from a thread inherit its nice value: nothing that starts
-//! threads for others (a SQLite connection, a blocking pool) may be started
-//! from here. The SQLite pool opens its connections when a store opens.
+//! threads for others (a SQLite connection, a blocking pool) should be
+//! started from here. The SQLite pool opens its connections when a store
+//! opens and keeps them. Left as they are: a plugin's own host calls (store
+//! reads and writes, outbound HTTP) run here with its instance, so an
+//! action's store write holds SQLite's writer from a low-priority thread,
+//! and sqlx replaces a connection that fails its release check from the
+//! task that dropped it.
 //!
 //! Elsewhere than Linux, the runtime is still separate but its threads keep
 //! their priority.
@@ -49,8 +54,8 @@ const NICE: i32 = 19;
 static BACKGROUND: OnceLock<Option<Runtime>> = OnceLock::new();
 
 /// The background runtime's handle, started on first use (one per process,
-/// never stopped: its tasks belong to the runtimes of the services that
-/// spawned them, which abort them). `None` when it could not be started:
+/// never stopped: each of its tasks is one call, aborted when its caller
+/// stops waiting, `invoke::Runtime::call_for_tenant`). `None` when it could not be started:
 /// the caller then runs the work where it would have anyway.
 pub fn handle() -> Option<Handle> {
     BACKGROUND

@@ -58,7 +58,7 @@ use super::engine::EPOCH_TICK;
 /// Wall time alone would not do: a short call a tick happened to fall in,
 /// or one back from a host call that waited past a tick (for the database,
 /// say), would count as long, wait for a CPU turn behind runaway calls,
-/// and put its tenant's lanes at the lowest priority.
+/// and put its tenant's calls at the lowest priority.
 pub const LONG_CALL_FUEL: u64 = 20_000;
 
 /// A call ran through the tick before this one when it went on running,

@@ -306,6 +306,11 @@ impl Runtime {
     /// is, so the database work around the call — claims, commits, run saves,
     /// which hold SQLite's one writer — never waits behind runaway plugins on
     /// a low-priority worker while every other tenant's writes wait behind it.
+    /// (The plugin's own host calls run with its instance: an action's
+    /// store writes through the host still hold the writer from there.)
+    ///
+    /// The wait for a background worker counts against the call's deadline,
+    /// as the wait for a call slot does.
     async fn call_for_tenant<T: Send + 'static>(
         &self,
         pre: &InstancePre<HostState>,
@@ -319,7 +324,9 @@ impl Runtime {
             turns.ran_in_background();
         }
         let pre = pre.clone();
+        let admitted_at = Instant::now();
         let call = async move {
+            let limits = Limits { deadline: limits.deadline.saturating_sub(admitted_at.elapsed()), ..limits };
             let mut call = begin(&pre, Some(scope), &limits, Some(turns)).await?;
             call._slot = slot;
             let Call { store, instance, .. } = &mut call;
