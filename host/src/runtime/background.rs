@@ -55,8 +55,8 @@ static BACKGROUND: OnceLock<Option<Runtime>> = OnceLock::new();
 
 /// The background runtime's handle, started on first use (one per process,
 /// never stopped: each of its tasks is one call, aborted when its caller
-/// stops waiting, `invoke::Runtime::call_for_tenant`). `None` when it could not be started:
-/// the caller then runs the work where it would have anyway.
+/// stops waiting, `invoke::Runtime::call_for_tenant`). `None` when it could
+/// not be started: the caller then runs the work where it would have anyway.
 pub fn handle() -> Option<Handle> {
     BACKGROUND
         .get_or_init(|| match build() {
