@@ -16,14 +16,16 @@
 //!    crossing) natively, plugin triggers in wasm. Suppression is checked
 //!    here, on the contact as the batch will write it.
 //!
-//! Then one transaction records last activity, scores, score history, stage
+//! Then a transaction records last activity, scores, score history, stage
 //! changes with their `lifecycle_stage_changed` events, the enrollments
 //! (with the store's enrollment rules), and marks the lane's events
-//! processed: a run never starts from the score before the event that
-//! enrolled it. A crash in between re-runs the batch after restart: scoring
-//! is idempotent, a stage only moves forward, and enrollments are keyed by
-//! the event that caused them. A lane that fails gives its events back to
-//! the queue. The workflow runner then does the runs' steps; after the
+//! processed, each contact's together: a run never starts from the score
+//! before the event that enrolled it. (On SQLite a big lane commits in
+//! several transactions of whole contacts, so that no commit holds the one
+//! writer long: see [`COMMIT_ROWS_SQLITE`].) A crash in between re-runs
+//! what was not committed after restart: scoring is idempotent, a stage
+//! only moves forward, and enrollments are keyed by the event that caused
+//! them. A lane that fails gives its events back to the queue. The workflow runner then does the runs' steps; after the
 //! commit, runs waiting on a goal the new events met are woken.
 //!
 //! Why lanes: a tenant whose plugins run to their deadlines (16 calls at a
@@ -35,16 +37,18 @@
 //! tenant's lane runs, its further events wait in the queue and are claimed
 //! when the lane ends, so each tenant's events are still handled in order
 //! and a contact (which belongs to one tenant) is never handled by two
-//! lanes at once. That holds across nodes too: a claim takes a tenant's
-//! lane only while none of its events is leased (see
-//! `Store::claim_tenant_events`), so with several nodes on one PostgreSQL
-//! database a tenant's events go to one node at a time, in order, and
-//! to another when that node's lease runs out. Finding tenants and claiming read the
-//! queue by tenant (`Store::tenants_with_queued_events`,
-//! `Store::claim_tenant_events`): a tenant's backlog, however long, costs
-//! the other tenants' claims nothing.
+//! lanes at once. That holds across nodes too: on PostgreSQL a claim takes
+//! a tenant's lane only while none of its events is leased (see
+//! `Store::claim_tenant_events`), so with several nodes on one database a
+//! tenant's events go to one node at a time, in order, and to another when
+//! that node's lease runs out. A SQLite file is served by one process, so
+//! there a lane reads its events and leases nothing
+//! (`Store::take_lane_events`): one write fewer per lane. Finding tenants
+//! and claiming read the queue by tenant
+//! (`Store::tenants_with_queued_events`, `Store::take_lane_events`): a
+//! tenant's backlog, however long, costs the other tenants' claims nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,7 +64,7 @@ use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::recorded::RecordedCall;
 use crate::runtime::{CallError, CallScope};
-use crate::store::{self, ContactUpdate, Event, StageChange, Store, StoreError, Value};
+use crate::store::{self, Backend, ContactUpdate, Event, StageChange, Store, StoreError, Value};
 
 /// Events one lane claims (one tenant's batch).
 const BATCH: i64 = 1024;
@@ -74,6 +78,14 @@ const MAX_LANES: usize = 8;
 /// Tenants one scan looks at: more than [`MAX_LANES`], so the running lanes'
 /// tenants (skipped) cannot hide the idle ones.
 const SCAN_TENANTS: i64 = 64;
+/// Rows (events marked processed, contacts updated, runs enrolled) one
+/// commit of a lane writes at most on SQLite. Its one writer is taken in
+/// turns that cannot be cut short, so another tenant's write waits for
+/// the turn in progress to end: a 1,000-event lane's single commit held
+/// it for up to 9 ms (`cairn bench --noisy-only`, the waiting and burning
+/// phases). On PostgreSQL tenants do not wait for each other's commits:
+/// there a lane commits once.
+const COMMIT_ROWS_SQLITE: usize = 256;
 /// Stage order: a score crossing only ever moves a contact forward.
 pub const STAGES: [&str; 6] = ["subscriber", "lead", "mql", "sql", "opportunity", "customer"];
 
@@ -192,12 +204,11 @@ impl Pipeline {
     /// queued events whose lane is not running (up to [`MAX_LANES`] at once),
     /// then sleep until the next commit, the end of a lane that had events
     /// (its tenant may have more), or a second (to pick up work left by a
-    /// crash). Each lane claims its tenant's events itself: a claim waiting
-    /// for SQLite's writer behind other writes (fairly, by tenant:
-    /// `store::write_gate`) holds up only its own tenant, not the claims of
-    /// the tenants after it in the scan. Lanes are children of this task:
-    /// aborting it aborts them, and their events go back to the queue when
-    /// their lease runs out.
+    /// crash). Each lane takes its tenant's events itself: a slow claim
+    /// holds up only its own tenant, not the claims of the tenants after it
+    /// in the scan. Lanes are children of this task: aborting it aborts
+    /// them, and their events go back to the queue (on PostgreSQL when
+    /// their lease runs out; SQLite leases none).
     pub async fn run(self: Arc<Self>) {
         let mut lanes: JoinSet<bool> = JoinSet::new();
         loop {
@@ -240,7 +251,7 @@ impl Pipeline {
 
     /// Claim `lane`'s events and process them; whether there were any.
     async fn claim_and_run_lane(self: Arc<Self>, lane: Lane) -> bool {
-        match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
+        match self.store.take_lane_events(lane.tenant(), BATCH).await {
             Ok(events) if events.is_empty() => false,
             // Logged and given back inside; nothing to add.
             Ok(events) => {
@@ -286,7 +297,7 @@ impl Pipeline {
         let mut claimed = Vec::new();
         for lane in self.take_lanes(free).await? {
             // Dropping the lane when nothing was claimed unmarks the tenant.
-            match self.store.claim_tenant_events(lane.tenant(), BATCH).await {
+            match self.store.take_lane_events(lane.tenant(), BATCH).await {
                 Ok(events) if events.is_empty() => {}
                 Ok(events) => claimed.push((lane, events)),
                 // Start what was claimed: leased events wait for their lanes.
@@ -361,21 +372,30 @@ impl Pipeline {
         for event in claimed {
             by_contact.entry(event.contact_id.clone()).or_default().push(event);
         }
+        let ids_by_contact: HashMap<String, Vec<String>> =
+            by_contact.iter().map(|(c, events)| (c.clone(), events.iter().map(|e| e.id.clone()).collect())).collect();
         let updates = self.process_tenant(tenant, by_contact).await?;
         let processed_in = started.elapsed();
-        // One transaction: activity, scores, enrollments and "processed"
-        // land together.
-        let decided = self.store.finish_batch(&updates, &ids).await?;
-        self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
-        // Goals read the contact as written just now (score, stage).
+        // Goals read the contact as written (score, stage), after the commits.
         let touched: Vec<String> = updates.iter().map(|u| u.contact_id.clone()).collect();
+        let staged = updates.iter().any(|u| u.stage_change.is_some());
+        let rows = match self.store.backend() {
+            Backend::Sqlite => COMMIT_ROWS_SQLITE,
+            Backend::Postgres => usize::MAX,
+        };
+        // Each commit lands its contacts' activity, scores, enrollments and
+        // "processed" together.
+        for (updates, ids) in commits(updates, ids_by_contact, rows) {
+            let decided = self.store.finish_batch(&updates, &ids).await?;
+            self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
+        }
         if !touched.is_empty()
             && let Err(e) = self.workflows.check_goals(tenant, &touched).await
         {
             // Not fatal: every goal is checked again when its run wakes.
             tracing::warn!(tenant, "checking workflow goals failed: {e}");
         }
-        if updates.iter().any(|u| u.stage_change.is_some()) {
+        if staged {
             // The lifecycle events just committed are work for the next round.
             self.committed.notify_one();
         }
@@ -701,6 +721,49 @@ pub(crate) fn log_panic(ended: Result<(), tokio::task::JoinError>) {
 
 /// Keep a finished contact's update; a contact that failed is logged and
 /// its batch still completes (its events are not retried forever).
+/// A lane's results in commits of about `rows` rows each (see
+/// [`COMMIT_ROWS_SQLITE`]), each whole contacts: a contact's activity,
+/// score, stage, enrollments and the marks of its events go in one
+/// commit, so what a run starts from is never older than the event that
+/// enrolled it. (An enrollment a trigger plugin made for another contact
+/// goes with the contact whose events caused it.) The events of contacts
+/// with no update (deleted meanwhile) go with the first commit. A crash
+/// between two commits leaves the later contacts' events unprocessed, to
+/// be handled again: as for a crash before a single commit, scoring is
+/// idempotent, a stage only moves forward and enrollments are keyed by
+/// their event.
+fn commits(
+    updates: Vec<ContactUpdate>,
+    mut ids_by_contact: HashMap<String, Vec<String>>,
+    rows: usize,
+) -> Vec<(Vec<ContactUpdate>, Vec<String>)> {
+    let mut commits: Vec<(Vec<ContactUpdate>, Vec<String>)> = Vec::new();
+    let mut size = 0;
+    for update in updates {
+        let ids = ids_by_contact.remove(&update.contact_id).unwrap_or_default();
+        let weight = 1 + update.enrollments.len() + ids.len();
+        match commits.last_mut() {
+            Some((u, i)) if size + weight <= rows => {
+                u.push(update);
+                i.extend(ids);
+                size += weight;
+            }
+            _ => {
+                commits.push((vec![update], ids));
+                size = weight;
+            }
+        }
+    }
+    let orphans: Vec<String> = ids_by_contact.into_values().flatten().collect();
+    if !orphans.is_empty() {
+        match commits.first_mut() {
+            Some((_, ids)) => ids.extend(orphans),
+            None => commits.push((Vec::new(), orphans)),
+        }
+    }
+    commits
+}
+
 fn collect(done: Result<Result<ContactUpdate, StoreError>, tokio::task::JoinError>, updates: &mut Vec<ContactUpdate>) {
     match done {
         Ok(Ok(update)) => updates.push(update),
@@ -735,4 +798,47 @@ fn history_query<'a>(installs: impl Iterator<Item = &'a Arc<ActiveInstall>>) -> 
     kinds.sort();
     kinds.dedup();
     Some((days, kinds, max.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(contact: &str) -> ContactUpdate {
+        ContactUpdate {
+            tenant_id: "t".into(),
+            contact_id: contact.into(),
+            last_activity_at: None,
+            score: None,
+            stage_change: None,
+            enrollments: Vec::new(),
+        }
+    }
+
+    /// Events `<contact>-0`, `<contact>-1`, … of each (contact, count).
+    fn events(of: &[(&str, usize)]) -> HashMap<String, Vec<String>> {
+        of.iter().map(|(c, n)| (c.to_string(), (0..*n).map(|i| format!("{c}-{i}")).collect())).collect()
+    }
+
+    fn shape(commits: &[(Vec<ContactUpdate>, Vec<String>)]) -> Vec<(Vec<String>, usize)> {
+        commits.iter().map(|(u, ids)| (u.iter().map(|u| u.contact_id.clone()).collect(), ids.len())).collect()
+    }
+
+    #[test]
+    fn a_lane_commits_whole_contacts_in_bounded_commits() {
+        let ids = events(&[("c1", 3), ("c2", 2), ("c3", 9), ("gone", 2)]);
+        let done = commits(vec![update("c1"), update("c2"), update("c3")], ids, 8);
+        // c1 (1 + 3 rows) and c2 (1 + 2) fit in 8; c3 (1 + 9) is too big for
+        // any commit and goes alone; the deleted contact's events go first.
+        assert_eq!(shape(&done), [(vec!["c1".into(), "c2".into()], 7), (vec!["c3".into()], 9)]);
+        let (_, first) = &done[0];
+        assert!(first.contains(&"gone-1".to_string()) && first.contains(&"c2-1".to_string()));
+        assert!(done[1].1.iter().all(|id| id.starts_with("c3-")), "a contact's events go with its update");
+
+        // Unbounded (PostgreSQL): one commit.
+        let one = commits(vec![update("c1"), update("c3")], events(&[("c1", 3), ("c3", 9)]), usize::MAX);
+        assert_eq!(shape(&one), [(vec!["c1".into(), "c3".into()], 12)]);
+        // Only deleted contacts' events: one commit that marks them.
+        assert_eq!(shape(&commits(Vec::new(), events(&[("gone", 2)]), 8)), [(Vec::<String>::new(), 2)]);
+    }
 }

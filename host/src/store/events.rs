@@ -728,6 +728,34 @@ impl Store {
         Ok(out)
     }
 
+    /// The next `limit` events of `tenant`'s lane, oldest first, for the
+    /// pipeline, which runs one lane per tenant at a time in this process.
+    ///
+    /// On PostgreSQL that is [`Store::claim_tenant_events`]: several nodes
+    /// share the queue, and the leases say whose lane it is. On SQLite it is
+    /// a read of the head of the tenant's queue, and no write: one process
+    /// serves the file (`Store::take_ownership`), so besides this process's
+    /// own lane nobody could take the events, and a lease would cost a write
+    /// turn at SQLite's one writer on every lane, for every tenant, behind
+    /// whatever other tenants are writing (a 1,000-event claim held it for
+    /// up to 11 ms in `cairn bench --noisy-only`). A lane that fails needs
+    /// nothing given back, and after a crash the events are simply still
+    /// unprocessed. Other callers, which do not own the tenant's lane, use
+    /// `claim_tenant_events`.
+    pub async fn take_lane_events(&self, tenant: &str, limit: i64) -> Result<Vec<Event>> {
+        if self.backend == Backend::Postgres {
+            return self.claim_tenant_events(tenant, limit).await;
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND processed = 0 ORDER BY id LIMIT $2"
+        ))
+        .bind(tenant)
+        .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// Mark events processed (the pipeline is done with them).
     pub async fn mark_events_processed(&self, ids: &[String]) -> Result<()> {
         self.update_events(ids, "processed = 1, lease_until = NULL", "").await

@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use crate::store::Store;
+use crate::store::coalesce::Job;
 use crate::store::error::{Result, StoreError};
 use crate::store::sql::{self, Arg, Builder, page_limit};
-use crate::store::{Store, Writer};
 
 /// Longest error message kept: a plugin controls this text and could
 /// otherwise fill the table with one failure.
@@ -233,10 +234,18 @@ impl Store {
     /// Keep the record of one plugin call (see [`insert_invocation`] for
     /// the caps on output and input). Workflow steps record theirs with the
     /// step instead ([`Store::save_run_with_calls`]).
+    ///
+    /// On SQLite, records of one tenant made at the same moment (a burst of
+    /// calls failing at their deadline) share one write turn
+    /// (`store::coalesce`).
     pub async fn record_invocation(&self, r: &InvocationRecord) -> Result<()> {
-        let turn = self.write_gate_for(Writer::Tenant(&r.tenant_id)).await?;
-        let mut conn = self.pool.acquire().await?;
-        turn.check(insert_invocation(&mut conn, r).await)
+        let Some(groups) = &self.groups else {
+            let mut conn = self.pool.acquire().await?;
+            return insert_invocation(&mut conn, r).await;
+        };
+        let record = r.clone();
+        let job: Job<()> = Box::new(move |conn| Box::pin(async move { insert_invocation(conn, &record).await }));
+        groups.invocations.write(self, &r.tenant_id, job).await
     }
 
     /// Invocation `id` of `tenant`, with its input when one is kept. `None`

@@ -54,6 +54,7 @@
 
 mod automation;
 mod batch;
+mod coalesce;
 mod contacts;
 mod crm;
 mod error;
@@ -187,6 +188,9 @@ pub struct Store {
     /// plugin's host call waiting for the lock ran past its deadline.
     /// `None` on PostgreSQL (row locks, many writers).
     write_gate: Option<Arc<WriteGate>>,
+    /// Small writes of one tenant queued at the write gate together share a
+    /// turn (see [`coalesce`]). `None` on PostgreSQL.
+    groups: Option<Arc<coalesce::Groups>>,
     /// How long a claim (of events, a run, a schedule) stays reserved for
     /// the process that made it: how soon another node resumes the work of
     /// one that died. [`CLAIM_LEASE_MS`] unless [`Store::with_claim_lease`].
@@ -324,6 +328,7 @@ impl Store {
                     clock: Clock::System,
                     _checkpointer: None,
                     write_gate: None,
+                    groups: None,
                     claim_lease_ms: CLAIM_LEASE_MS,
                 })
             }
@@ -388,6 +393,7 @@ impl Store {
             clock: Clock::System,
             _checkpointer: checkpointer,
             write_gate: Some(Arc::default()),
+            groups: Some(Arc::default()),
             claim_lease_ms: CLAIM_LEASE_MS,
         })
     }

@@ -34,6 +34,7 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use crate::store::coalesce::Job;
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{InvocationRecord, insert_invocation};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
@@ -695,68 +696,17 @@ impl Store {
             return Err(StoreError::Invalid(format!("invocation `{}` belongs to another tenant", c.id)));
         }
         let error = bounded_json(p.error.as_ref())?;
-        let waiting = p.status == WAITING;
-        let finished_at = (!waiting).then_some(p.at);
-        let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
-        let mut tx = self.begin_write_for(Writer::Tenant(&p.tenant_id)).await?;
-        let row = sqlx::query(
-            "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
-             state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = NULL \
-             WHERE tenant_id = $1 AND id = $2 RETURNING workflow_id, contact_id",
-        )
-        .bind(&p.tenant_id)
-        .bind(&p.run_id)
-        .bind(&p.status)
-        .bind(p.cursor.as_deref())
-        .bind(wake_at)
-        .bind(p.attempts)
-        .bind(sql::to_json(&p.variants)?)
-        .bind(sql::to_json(&p.state)?)
-        .bind(error)
-        .bind(p.exit_reason.as_deref())
-        .bind(p.at)
-        .bind(finished_at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(false) };
-        // The run's own workflow and contact, not the records' say: the
-        // timeline finds steps by tenant and contact.
-        let workflow_id: String = row.try_get("workflow_id")?;
-        let contact_id: String = row.try_get("contact_id")?;
-        for s in steps {
-            sqlx::query(&format!(
-                "INSERT INTO run_steps (tenant_id, {RUN_STEP_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
-                 attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
-                 error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
-                 fuel_used = excluded.fuel_used, invocation_id = excluded.invocation_id"
-            ))
-            .bind(&p.tenant_id)
-            .bind(&s.id)
-            .bind(&p.run_id)
-            .bind(&workflow_id)
-            .bind(&contact_id)
-            .bind(&s.step_id)
-            .bind(&s.kind)
-            .bind(&s.status)
-            .bind(s.attempts)
-            .bind(bounded_json(s.input.as_ref())?)
-            .bind(bounded_json(s.output.as_ref())?)
-            .bind(bounded_json(s.error.as_ref())?)
-            .bind(s.started_at)
-            .bind(s.finished_at)
-            .bind(s.duration_us)
-            .bind(s.fuel_used)
-            .bind(s.invocation_id.as_deref())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for c in calls {
-            insert_invocation(&mut tx, c).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let Some(groups) = &self.groups else {
+            let mut tx = self.begin_write_for(Writer::Tenant(&p.tenant_id)).await?;
+            let saved = save_run_statements(&mut tx, p, error, steps, calls).await?;
+            tx.commit().await?;
+            return Ok(saved);
+        };
+        let (p, steps, calls) = (p.clone(), steps.to_vec(), calls.to_vec());
+        let tenant = p.tenant_id.clone();
+        let job: Job<bool> =
+            Box::new(move |conn| Box::pin(async move { save_run_statements(conn, &p, error, &steps, &calls).await }));
+        groups.run_saves.write(self, &tenant, job).await
     }
 
     /// Run `id` of `tenant` with its step records, in the order they began.
@@ -904,6 +854,78 @@ impl Store {
         .await?;
         rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
     }
+}
+
+/// The statements of a run save (see [`Store::save_run_with_calls`]), on
+/// `conn` inside the caller's transaction; `error` is the run's error,
+/// bounded.
+async fn save_run_statements(
+    conn: &mut AnyConnection,
+    p: &RunProgress,
+    error: Option<String>,
+    steps: &[RunStep],
+    calls: &[InvocationRecord],
+) -> Result<bool> {
+    let waiting = p.status == WAITING;
+    let finished_at = (!waiting).then_some(p.at);
+    let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
+    let row = sqlx::query(
+        "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
+         state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = NULL \
+         WHERE tenant_id = $1 AND id = $2 RETURNING workflow_id, contact_id",
+    )
+    .bind(&p.tenant_id)
+    .bind(&p.run_id)
+    .bind(&p.status)
+    .bind(p.cursor.as_deref())
+    .bind(wake_at)
+    .bind(p.attempts)
+    .bind(sql::to_json(&p.variants)?)
+    .bind(sql::to_json(&p.state)?)
+    .bind(error)
+    .bind(p.exit_reason.as_deref())
+    .bind(p.at)
+    .bind(finished_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    // The run's own workflow and contact, not the records' say: the
+    // timeline finds steps by tenant and contact.
+    let workflow_id: String = row.try_get("workflow_id")?;
+    let contact_id: String = row.try_get("contact_id")?;
+    for s in steps {
+        sqlx::query(&format!(
+            "INSERT INTO run_steps (tenant_id, {RUN_STEP_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+             attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
+             error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
+             fuel_used = excluded.fuel_used, invocation_id = excluded.invocation_id"
+        ))
+        .bind(&p.tenant_id)
+        .bind(&s.id)
+        .bind(&p.run_id)
+        .bind(&workflow_id)
+        .bind(&contact_id)
+        .bind(&s.step_id)
+        .bind(&s.kind)
+        .bind(&s.status)
+        .bind(s.attempts)
+        .bind(bounded_json(s.input.as_ref())?)
+        .bind(bounded_json(s.output.as_ref())?)
+        .bind(bounded_json(s.error.as_ref())?)
+        .bind(s.started_at)
+        .bind(s.finished_at)
+        .bind(s.duration_us)
+        .bind(s.fuel_used)
+        .bind(s.invocation_id.as_deref())
+        .execute(&mut *conn)
+        .await?;
+    }
+    for c in calls {
+        insert_invocation(conn, c).await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

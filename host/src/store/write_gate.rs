@@ -70,6 +70,8 @@ pub(crate) struct WriteGate {
     /// How many writers gave up on the write lock after the busy timeout
     /// (see `Store::write_gate_for`).
     lock_timeouts: AtomicU64,
+    /// Turns handed out so far.
+    turns: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +196,7 @@ impl WriteGate {
 
     /// Wait for `writer`'s turn (see the module docs).
     pub(crate) async fn turn(self: &Arc<Self>, writer: Writer<'_>) -> Turn {
+        self.turns.fetch_add(1, Ordering::Relaxed);
         let key = writer.key();
         let granted = {
             let mut state = self.lock();
@@ -224,6 +227,12 @@ impl WriteGate {
             tracing::debug!(lag_us = lag.as_micros() as u64, "SQLite write turn handed over late");
         }
         Turn { gate: self.clone(), key, since }
+    }
+
+    /// How many turns were asked for so far (granted, or waited for).
+    #[cfg(test)]
+    pub(crate) fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
     }
 
     /// How many writers gave up on SQLite's lock so far.

@@ -1,0 +1,268 @@
+//! Small writes of one tenant that queue for SQLite's writer at the same
+//! moment share one turn and one transaction.
+//!
+//! Why: every turn at SQLite's one writer has a fixed cost (the turn
+//! handed over, a pooled connection, `BEGIN IMMEDIATE`, `COMMIT`, a few
+//! thread hops) of a few hundred microseconds on a busy 2-core machine,
+//! more than a run save's statements themselves. And writes come in
+//! bursts: sixteen runaway actions reach their deadline together and
+//! sixteen run saves queue at once, or sixteen scorer calls fail together
+//! and sixteen invocation records do. Taken one by one, each such write is
+//! a turn another tenant's write may wait behind, and the burst interleaved
+//! with a well-behaved tenant's own queued writes delayed the last of them
+//! by 12–20 ms in `cairn bench --noisy-only` (the waiting phase). Grouped,
+//! a burst costs a turn or two.
+//!
+//! How: the first writer of a tenant to arrive starts a leader task, which
+//! waits for the tenant's turn at the write gate (fairly, as any of the
+//! tenant's writes would: `store::write_gate`) and then takes every write
+//! of the tenant queued by then, up to [`MAX_GROUP`], into one transaction,
+//! each in a savepoint of its own: a write that fails is rolled back alone
+//! and its caller gets its error; the others commit. The leader goes on
+//! while writes keep arriving, and ends when none is queued. It is a task
+//! of its own, not the first caller's future, so a caller that stops
+//! waiting strands nobody (its write still lands, like a commit already
+//! sent).
+//!
+//! PostgreSQL has no one writer: there every write is its own transaction
+//! and nothing is queued here.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sqlx::AnyConnection;
+use tokio::sync::oneshot;
+
+use crate::store::write_gate::Writer;
+use crate::store::{Result, Store, StoreError};
+
+/// Writes one transaction takes at most: a group's turn stays short (a
+/// run save's statements cost ~0.1 ms), so another tenant's write waits
+/// for it no longer than for one of the big writes it already waits for.
+const MAX_GROUP: usize = 32;
+
+/// One write: statements run on the group's connection, inside its
+/// transaction. It must not commit or roll back.
+pub(crate) type Job<T> =
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>> + Send>;
+
+/// The store's coalescers, one per kind of grouped write (SQLite only).
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    /// Run saves (`Store::save_run_with_calls`).
+    pub(crate) run_saves: Arc<Coalescer<bool>>,
+    /// Invocation records (`Store::record_invocation`).
+    pub(crate) invocations: Arc<Coalescer<()>>,
+}
+
+struct Pending<T> {
+    job: Job<T>,
+    done: oneshot::Sender<Result<T>>,
+}
+
+/// The queued writes of each tenant whose leader is running (a tenant is
+/// in the map exactly while its leader runs).
+pub(crate) struct Coalescer<T> {
+    queues: Mutex<HashMap<String, VecDeque<Pending<T>>>>,
+}
+
+impl<T> std::fmt::Debug for Coalescer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").finish_non_exhaustive()
+    }
+}
+
+impl<T> Default for Coalescer<T> {
+    fn default() -> Self {
+        Coalescer { queues: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<T: Send + 'static> Coalescer<T> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Pending<T>>>> {
+        // Every critical section leaves the map consistent.
+        self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Run `job` for `tenant` in a transaction shared with the tenant's
+    /// other writes queued at the same moment (see the module docs).
+    pub(crate) async fn write(self: &Arc<Self>, store: &Store, tenant: &str, job: Job<T>) -> Result<T> {
+        let (done, result) = oneshot::channel();
+        let lead = {
+            let mut queues = self.lock();
+            let lead = !queues.contains_key(tenant);
+            queues.entry(tenant.to_owned()).or_default().push_back(Pending { job, done });
+            lead
+        };
+        if lead {
+            tokio::spawn(self.clone().lead(store.clone(), tenant.to_owned()));
+        }
+        // The leader answers every write it takes; a leader that panicked
+        // dropped the answer.
+        result.await.unwrap_or_else(|_| Err(group_failed("the writer task ended before answering")))
+    }
+
+    /// Write the tenant's queued writes in groups until none is left.
+    async fn lead(self: Arc<Self>, store: Store, tenant: String) {
+        let mut leading = Leading { coalescer: self.clone(), tenant: tenant.clone(), done: false };
+        loop {
+            let turn = store.write_gate_for(Writer::Tenant(&tenant)).await;
+            let group: Vec<Pending<T>> = {
+                let mut queues = self.lock();
+                let Some(queue) = queues.get_mut(&tenant) else {
+                    leading.done = true;
+                    return;
+                };
+                let n = queue.len().min(MAX_GROUP);
+                queue.drain(..n).collect()
+            };
+            match turn {
+                Ok(turn) => write_group(&store, turn, group).await,
+                Err(e) => answer_all(group, &e),
+            }
+            let mut queues = self.lock();
+            if queues.get(&tenant).is_none_or(VecDeque::is_empty) {
+                queues.remove(&tenant);
+                leading.done = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Ends a tenant's leadership if its leader task unwinds (a write
+/// panicked) or is dropped (the runtime shuts down): the writes still
+/// queued are dropped, so their callers get an error instead of waiting
+/// forever, and the tenant's next write starts a new leader.
+struct Leading<T: Send + 'static> {
+    coalescer: Arc<Coalescer<T>>,
+    tenant: String,
+    /// The leader ended normally (and already left the map).
+    done: bool,
+}
+
+impl<T: Send + 'static> Drop for Leading<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.coalescer.lock().remove(&self.tenant);
+        }
+    }
+}
+
+/// One transaction for `group`, each write in a savepoint; every caller
+/// gets its own result, or the transaction's failure.
+async fn write_group<T>(store: &Store, turn: super::WriteTurn, group: Vec<Pending<T>>) {
+    let mut tx = match store.begin_write_in(turn).await {
+        Ok(tx) => tx,
+        Err(e) => return answer_all(group, &e),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for p in group {
+        let result = in_savepoint(&mut tx, p.job).await;
+        results.push((p.done, result));
+    }
+    if let Err(e) = tx.commit().await {
+        let message = e.to_string();
+        for (done, result) in results {
+            let _ = done.send(result.and(Err(group_failed(&message))));
+        }
+        return;
+    }
+    for (done, result) in results {
+        let _ = done.send(result);
+    }
+}
+
+/// Run `job` in a savepoint: rolled back alone when it fails.
+async fn in_savepoint<T>(conn: &mut AnyConnection, job: Job<T>) -> Result<T> {
+    sqlx::query("SAVEPOINT coalesced").execute(&mut *conn).await?;
+    let result = job(conn).await;
+    if result.is_err() {
+        sqlx::query("ROLLBACK TO coalesced").execute(&mut *conn).await?;
+    }
+    sqlx::query("RELEASE coalesced").execute(&mut *conn).await?;
+    result
+}
+
+fn answer_all<T>(group: Vec<Pending<T>>, e: &StoreError) {
+    let message = e.to_string();
+    for p in group {
+        let _ = p.done.send(Err(match e {
+            StoreError::Locked => StoreError::Locked,
+            _ => group_failed(&message),
+        }));
+    }
+}
+
+/// The failure of a group's transaction (or turn), as each of its writes
+/// reports it: database trouble, with the database's words.
+fn group_failed(message: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!("a grouped write failed: {message}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::testing::TempSqlite;
+
+    /// A job that inserts `n` into the test table, or fails when `n` is 3.
+    fn insert(n: i64) -> Job<()> {
+        Box::new(move |conn| {
+            Box::pin(async move {
+                let sql = if n == 3 {
+                    "INSERT INTO no_such_table VALUES ($1)"
+                } else {
+                    "INSERT INTO grouped (n) VALUES ($1)"
+                };
+                sqlx::query(sql).bind(n).execute(conn).await?;
+                Ok(())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_share_one_turn_and_a_failing_one_is_rolled_back_alone() {
+        let db = TempSqlite::new();
+        let store = Store::open(&db.url()).await.unwrap();
+        sqlx::query("CREATE TABLE grouped (n INTEGER NOT NULL)").execute(&store.pool).await.unwrap();
+        let (gate, groups) = (store.write_gate.clone().unwrap(), store.groups.clone().unwrap());
+
+        // The tenant's turn is taken: its writes queue meanwhile.
+        let held = store.write_gate_for(Writer::Tenant("t")).await.unwrap();
+        let before = gate.turns();
+        let mut writes = tokio::task::JoinSet::new();
+        for n in 0..10 {
+            let (store, groups) = (store.clone(), groups.clone());
+            writes.spawn(async move { (n, groups.invocations.write(&store, "t", insert(n)).await) });
+        }
+        let queued = || groups.invocations.lock().get("t").map_or(0, VecDeque::len);
+        for _ in 0..5_000 {
+            if queued() == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(queued(), 10, "every write queued behind the held turn");
+        drop(held);
+
+        while let Some(done) = writes.join_next().await {
+            let (n, result) = done.unwrap();
+            assert_eq!(result.is_err(), n == 3, "write {n}: {result:?}");
+        }
+        assert_eq!(gate.turns() - before, 1, "the ten writes took one turn");
+        let stored: Vec<i64> =
+            sqlx::query_scalar("SELECT n FROM grouped ORDER BY n").fetch_all(&store.pool).await.unwrap();
+        assert_eq!(stored, [0, 1, 2, 4, 5, 6, 7, 8, 9], "the failed write alone was rolled back");
+        assert!(groups.invocations.lock().is_empty(), "the leader ended with its queue");
+
+        // The next write starts a new leader.
+        groups.invocations.write(&store, "t", insert(10)).await.unwrap();
+        assert_eq!(gate.turns() - before, 2);
+    }
+}
