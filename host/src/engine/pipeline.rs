@@ -25,8 +25,9 @@
 //! writer long: see [`COMMIT_ROWS_SQLITE`].) A crash in between re-runs
 //! what was not committed after restart: scoring is idempotent, a stage
 //! only moves forward, and enrollments are keyed by the event that caused
-//! them. A lane that fails gives its events back to the queue. The workflow runner then does the runs' steps; after the
-//! commit, runs waiting on a goal the new events met are woken.
+//! them. A lane that fails gives its events back to the queue. The
+//! workflow runner then does the runs' steps; after the commits, runs
+//! waiting on a goal the new events met are woken.
 //!
 //! Why lanes: a tenant whose plugins run to their deadlines (16 calls at a
 //! time, 500 ms each, by default) holds only its own lane. One shared round
@@ -719,8 +720,6 @@ pub(crate) fn log_panic(ended: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Keep a finished contact's update; a contact that failed is logged and
-/// its batch still completes (its events are not retried forever).
 /// A lane's results in commits of about `rows` rows each (see
 /// [`COMMIT_ROWS_SQLITE`]), each whole contacts: a contact's activity,
 /// score, stage, enrollments and the marks of its events go in one
@@ -764,6 +763,8 @@ fn commits(
     commits
 }
 
+/// Keep a finished contact's update; a contact that failed is logged and
+/// its batch still completes (its events are not retried forever).
 fn collect(done: Result<Result<ContactUpdate, StoreError>, tokio::task::JoinError>, updates: &mut Vec<ContactUpdate>) {
     match done {
         Ok(Ok(update)) => updates.push(update),

@@ -105,9 +105,9 @@ fn lower_priority() {
 /// intake's commit, the pipeline, each query's SQLite thread, the runner,
 /// the webhook). A normal thread that wakes preempts an idle-class one at
 /// once. Measured with `cairn bench --noisy-only --a-rate 200` (A's CPU-
-/// burning plugins at B's event rate), 13 runs alternating: B's p99 over
+/// burning plugins at B's event rate), 13 runs in one hour: B's p99 over
 /// B alone in the burning phase ×1.22–1.66 (median ×1.43, 5 runs) against
-/// ×1.58–2.26 (median ×1.80, 8 runs) with nice 19 alone. (An earlier
+/// ×1.58–2.26 (median ×1.81, 8 runs) with nice 19 alone. (An earlier
 /// version, which ran whole lanes here, found no gain in it: their write
 /// transactions then stalled in this class.) Rustix has no call for it,
 /// hence libc.

@@ -737,8 +737,9 @@ impl Store {
     /// serves the file (`Store::take_ownership`), so besides this process's
     /// own lane nobody could take the events, and a lease would cost a write
     /// turn at SQLite's one writer on every lane, for every tenant, behind
-    /// whatever other tenants are writing (a 1,000-event claim held it for
-    /// up to 11 ms in `cairn bench --noisy-only`). A lane that fails needs
+    /// whatever other tenants are writing (a noisy tenant's claims of its
+    /// backlog, up to 1,024 events each, held it for up to 11 ms in `cairn
+    /// bench --noisy-only`). A lane that fails needs
     /// nothing given back, and after a crash the events are simply still
     /// unprocessed. Other callers, which do not own the tenant's lane, use
     /// `claim_tenant_events`.
