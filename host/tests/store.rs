@@ -38,6 +38,7 @@ on_both_backends!(
     claimed_events_are_not_claimed_again_until_released_or_expired,
     concurrent_claims_get_disjoint_events,
     a_batch_finished_twice_lands_once,
+    a_batch_moves_each_contacts_last_activity_forward_only,
     concurrent_requests_with_one_key_store_one_event,
     recent_and_counted_events_respect_kind_time_and_tenant,
     the_timeline_merges_a_contacts_history_newest_first,
@@ -603,6 +604,38 @@ async fn a_batch_finished_twice_lands_once(store: Store) -> anyhow::Result<()> {
     let ids: Vec<String> = store.claim_unprocessed_events(10).await?.into_iter().map(|(_, e)| e.id).collect();
     assert!(store.delete_contact(&t, &id).await?);
     store.finish_batch(&[], &ids).await?;
+    Ok(())
+}
+
+/// A batch's activity times land per contact (one statement for all of
+/// them on SQLite), only ever forward, and only on the batch's tenant.
+async fn a_batch_moves_each_contacts_last_activity_forward_only(store: Store) -> anyhow::Result<()> {
+    let (t, other) = (tenant(&store, "Acme").await?, tenant(&store, "Other").await?);
+    let ann = contact(&store, &t, "ann@example.com").await?;
+    let bob = contact(&store, &t, "bob@example.com").await?;
+    let theirs = contact(&store, &other, "cat@example.com").await?;
+    settle(&store).await?;
+    assert!(store.touch_activity(&t, &ann, 5_000).await?);
+    let active = |contact: &str, at: i64| ContactUpdate {
+        tenant_id: t.clone(),
+        contact_id: contact.to_string(),
+        last_activity_at: Some(at),
+        score: None,
+        stage_change: None,
+        enrollments: Vec::new(),
+    };
+    // Ann's is older than what she has; the other tenant's contact is
+    // named under this tenant.
+    store.finish_batch(&[active(&ann, 4_000), active(&bob, 7_000), active(&theirs, 9_000)], &[]).await?;
+    let activity = |tenant: String, id: String| {
+        let store = store.clone();
+        async move { anyhow::Ok(store.get_contact(&tenant, &id).await?.context("contact")?.last_activity_at) }
+    };
+    assert_eq!(activity(t.clone(), ann.clone()).await?, Some(5_000), "an older time does not win");
+    assert_eq!(activity(t.clone(), bob.clone()).await?, Some(7_000));
+    assert_eq!(activity(other.clone(), theirs.clone()).await?, None, "another tenant's contact is untouched");
+    store.finish_batch(&[active(&ann, 6_000)], &[]).await?;
+    assert_eq!(activity(t, ann).await?, Some(6_000), "a newer time wins");
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
-use crate::bench::{emit, scorer_config};
+use crate::bench::{emit, proc_comm, proc_ticks, scorer_config};
 use crate::demo::Client;
 use crate::store::testing::TempPostgres;
 
@@ -462,25 +462,6 @@ impl CpuSample {
         let (machine_busy, machine_total) = machine_ticks().unwrap_or((0, 0));
         CpuSample { nodes, postgres, postgres_db, me, machine_busy, machine_total }
     }
-}
-
-/// The command name in a `/proc/<pid>/stat` file.
-fn proc_comm(stat: &str) -> Option<String> {
-    let text = std::fs::read_to_string(stat).ok()?;
-    let (start, end) = (text.find('(')?, text.rfind(')')?);
-    Some(text[start + 1..end].to_string())
-}
-
-/// utime + stime (and, with `children`, cutime + cstime) from a
-/// `/proc/<pid>/stat` file, in clock ticks.
-fn proc_ticks(stat: &str, children: bool) -> Option<u64> {
-    let text = std::fs::read_to_string(stat).ok()?;
-    // Fields after the command name, which may hold spaces: state is field 3,
-    // utime 14, stime 15, cutime 16, cstime 17.
-    let rest: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<i64>().ok()).map(|v| v.max(0) as u64);
-    let own = field(14)? + field(15)?;
-    Some(if children { own + field(16)? + field(17)? } else { own })
 }
 
 /// Busy and total ticks of all cores, from `/proc/stat`.

@@ -543,3 +543,22 @@ pub fn rss_mib_of(status_file: &str) -> f64 {
         .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
         .unwrap_or(0.0)
 }
+
+/// The command name in a `/proc/<pid>/stat` file.
+pub(crate) fn proc_comm(stat: &str) -> Option<String> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    let (start, end) = (text.find('(')?, text.rfind(')')?);
+    Some(text[start + 1..end].to_string())
+}
+
+/// utime + stime (and, with `children`, cutime + cstime) from a
+/// `/proc/<pid>/stat` file, in clock ticks.
+pub(crate) fn proc_ticks(stat: &str, children: bool) -> Option<u64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3,
+    // utime 14, stime 15, cutime 16, cstime 17.
+    let rest: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<i64>().ok()).map(|v| v.max(0) as u64);
+    let own = field(14)? + field(15)?;
+    Some(if children { own + field(16)? + field(17)? } else { own })
+}

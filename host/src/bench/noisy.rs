@@ -34,6 +34,11 @@
 //! on a small machine if CPU turns (`runtime::cpu_turns`) did not hold
 //! them to one core's worth.
 //!
+//! Each phase also reports the cores this process used while B's load ran,
+//! by thread name (`cores_used`: tokio's workers, SQLite's connection
+//! threads, the background runtime): whether a phase was short of CPU, and
+//! whose threads took it. The load generators run in this process too.
+//!
 //! Two limits differ from the defaults, on purpose:
 //! - the circuit breaker is off (`breaker_failures` 0) so A stays noisy for
 //!   the whole run: with it on, A's installs are disabled after 20 failures
@@ -61,7 +66,7 @@ use axum::body::Bytes;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::bench::{client_key, emit, percentile, scorer_config};
+use crate::bench::{client_key, emit, percentile, proc_comm, proc_ticks, scorer_config};
 use crate::catalog::{GUEST_DIR, guest_bytes};
 use crate::demo::Client;
 use crate::engine::Clock;
@@ -510,9 +515,43 @@ async fn b_stages(load: &BLoad<'_>, phase: &str) -> anyhow::Result<HashMap<Strin
     Ok(stages)
 }
 
+/// CPU ticks this process's threads have used, by thread name (tokio's
+/// workers, SQLite's connection threads, the background runtime, ...):
+/// where a phase's CPU went. Threads that ended are not counted.
+fn thread_ticks() -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let stat = task.path().join("stat");
+        let stat = stat.to_string_lossy();
+        if let (Some(name), Some(ticks)) = (proc_comm(&stat), proc_ticks(&stat, false)) {
+            *by_name.entry(name).or_default() += ticks;
+        }
+    }
+    by_name
+}
+
+/// Cores busy per thread name between two [`thread_ticks`] over `elapsed`
+/// (the benchmark's own clients and receiver included: they run in this
+/// process, on tokio's workers).
+fn cores_used(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, elapsed: Duration) -> Value {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let mut cores = serde_json::Map::new();
+    let mut total = 0.0;
+    for (name, ticks) in after {
+        let used = ticks.saturating_sub(before.get(name).copied().unwrap_or(0)) as f64 / ticks_per_s;
+        let share = used / elapsed.as_secs_f64().max(0.001);
+        total += share;
+        cores.insert(name.clone(), json!((share * 100.0).round() / 100.0));
+    }
+    cores.insert("total".into(), json!((total * 100.0).round() / 100.0));
+    Value::Object(cores)
+}
+
 /// One phase of B's load, measured.
 struct Phase {
     sent: Sent,
+    /// Cores this process used while B's load ran, by thread name.
+    cores: Value,
     /// Webhook latencies, ms, of the events whose webhook came, by email.
     latencies: HashMap<String, f64>,
     /// Events whose webhook did not come within the patience.
@@ -525,10 +564,12 @@ impl Phase {
     /// B's load for `duration`, then its webhooks, waited for up to the
     /// load's patience.
     async fn run(load: &BLoad<'_>, name: &str, duration: Duration) -> anyhow::Result<Phase> {
+        let (ticks, started) = (thread_ticks(), Instant::now());
         let sent = b_load(&load.url, &load.key, name, duration).await?;
+        let cores = cores_used(&ticks, &thread_ticks(), started.elapsed());
         let (latencies, missing) = b_latencies(load.hooks, &sent.at, load.patience).await?;
         let stages = b_stages(load, name).await?;
-        Ok(Phase { sent, latencies, missing, stages })
+        Ok(Phase { sent, cores, latencies, missing, stages })
     }
 
     /// Latencies with the missing events counted as infinitely late (so
@@ -577,6 +618,7 @@ impl Phase {
             "post_answered_p99_ms": ms(&answered, 0.99),
             "stages": stages,
             "slowest_1pct_mean": tail,
+            "cores_used": self.cores,
         })
     }
 

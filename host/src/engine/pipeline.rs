@@ -218,12 +218,16 @@ impl Pipeline {
             }
             let free = MAX_LANES.saturating_sub(lanes.len());
             match self.take_lanes(free).await {
-                Ok(taken) if !taken.is_empty() => {
+                Ok((taken, more)) if !taken.is_empty() => {
                     for lane in taken {
                         lanes.spawn(self.clone().claim_and_run_lane(lane));
                     }
-                    // Look again: the scan may have stopped at its limit.
-                    continue;
+                    // Look again when the scan stopped at its limit: there
+                    // may be tenants after it. (Not otherwise: a scan per
+                    // lane more, for nothing, on every lane of a steady load.)
+                    if more {
+                        continue;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -296,7 +300,7 @@ impl Pipeline {
     /// comes with its lane, marked running.
     async fn claim(self: &Arc<Self>, free: usize) -> Result<Vec<(Lane, Vec<Event>)>, StoreError> {
         let mut claimed = Vec::new();
-        for lane in self.take_lanes(free).await? {
+        for lane in self.take_lanes(free).await?.0 {
             // Dropping the lane when nothing was claimed unmarks the tenant.
             match self.store.take_lane_events(lane.tenant(), BATCH).await {
                 Ok(events) if events.is_empty() => {}
@@ -314,15 +318,17 @@ impl Pipeline {
 
     /// Take the lanes of up to `free` tenants with queued events whose lane
     /// is not running, in turn from where the last scan stopped; each is
-    /// marked running until dropped.
-    async fn take_lanes(&self, free: usize) -> Result<Vec<Lane>, StoreError> {
+    /// marked running until dropped. Also says whether the scan stopped at
+    /// its limit (more tenants may be queued than it saw).
+    async fn take_lanes(&self, free: usize) -> Result<(Vec<Lane>, bool), StoreError> {
         let mut taken = Vec::new();
         if free == 0 {
-            return Ok(taken);
+            return Ok((taken, false));
         }
         let after = self.cursor.lock().map(|c| c.clone()).unwrap_or_default();
         let mut tenants = self.store.tenants_with_queued_events("", SCAN_TENANTS).await?;
-        if tenants.len() as i64 >= SCAN_TENANTS && !after.is_empty() {
+        let more = tenants.len() as i64 >= SCAN_TENANTS;
+        if more && !after.is_empty() {
             // More tenants queued than one scan holds: go on from the cursor,
             // then wrap around to the first ones.
             let first = std::mem::take(&mut tenants);
@@ -344,7 +350,7 @@ impl Pipeline {
             }
             taken.push(lane);
         }
-        Ok(taken)
+        Ok((taken, more))
     }
 
     /// Run one tenant's lane over its claimed `events`; on failure give

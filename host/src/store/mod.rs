@@ -102,7 +102,9 @@ pub use invocations::{
 };
 pub use ownership::SqliteOwner;
 pub use plugins::{Install, InstallPatch, MAX_CONFIG_BYTES, MAX_STATE_KEY, MAX_STATE_VALUE, NewInstall, PluginVersion};
-pub use runs::{EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep};
+pub use runs::{
+    DueClaim, EnrollOutcome, Enrollment, MAX_ENROLLMENT_KEY, MAX_STEP_JSON, Run, RunFilter, RunProgress, RunStep,
+};
 pub use tenants::{KEY_PREFIX, MAX_TIME_ZONE, Principal, Tenant};
 pub use value::{MAX_PROPERTIES_BYTES, MAX_PROPERTY_NAME, Properties, TIMESTAMP_KEY, Value, merge_properties};
 pub use workflows::{MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME, Workflow, WorkflowVersion};
@@ -260,6 +262,15 @@ impl WriteTx {
     /// Commit.
     pub(crate) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Roll back before the turn is given up. (Dropping the transaction
+    /// also rolls it back, but only once its connection is next used: the
+    /// next writer's `BEGIN IMMEDIATE` could find the write lock still
+    /// held.)
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
         Ok(())
     }
 }

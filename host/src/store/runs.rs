@@ -328,6 +328,14 @@ pub(crate) struct EnrollMemo {
     in_flight: HashSet<(String, String, String)>,
 }
 
+impl EnrollMemo {
+    /// `contact` of `tenant` exists: its row was just written in this
+    /// transaction, so an enrollment need not look it up.
+    pub(crate) fn contact_exists(&mut self, tenant: &str, contact: &str) {
+        self.contacts.insert((tenant.to_owned(), contact.to_owned()), true);
+    }
+}
+
 /// [`enroll_one`] inside a caller's transaction (the pipeline's batch):
 /// locks the workflow's row on PostgreSQL like [`Store::enroll`], and
 /// answers `None`, recording nothing, when the workflow or the contact no
@@ -494,6 +502,19 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOu
     Ok(EnrollOutcome::Enrolled(run))
 }
 
+/// What a claim of due runs found
+/// ([`Store::claim_due_runs_looking_ahead`]).
+#[derive(Debug)]
+pub struct DueClaim {
+    /// The runs claimed, earliest due first.
+    pub runs: Vec<Run>,
+    /// When the claim found nothing due because it looked first (SQLite):
+    /// the earliest `wake_at` of the runs it could have claimed, `None` if
+    /// there are none. `None` here when it did not look: the caller that
+    /// wants to know asks [`Store::next_wake_at_except`].
+    pub next_wake_at: Option<Option<i64>>,
+}
+
 impl Store {
     /// Decide a batch of enrollments in one write transaction, each in
     /// order (a later one sees the runs earlier ones created), and return
@@ -565,13 +586,22 @@ impl Store {
     /// those tenants, which are bounded by their contacts and workflows and
     /// drained by their lanes.
     pub async fn claim_due_runs_except(&self, now: i64, limit: i64, except: &[String]) -> Result<Vec<Run>> {
+        Ok(self.claim_due_runs_looking_ahead(now, limit, except).await?.runs)
+    }
+
+    /// [`Store::claim_due_runs_except`], and what it learned on the way
+    /// about when the next run is due (see [`DueClaim`]).
+    pub async fn claim_due_runs_looking_ahead(&self, now: i64, limit: i64, except: &[String]) -> Result<DueClaim> {
         // On SQLite a claim holds the process's one write turn even when it
         // finds nothing, and the runner asks after every enrollment and
         // every lane's end: most claims of a steady load are empty. A read
         // first (no turn) keeps those off the writer, whose every other
         // waiter would wait for them.
-        if self.write_gate.is_some() && self.next_wake_at_except(except).await?.is_none_or(|at| at > now) {
-            return Ok(Vec::new());
+        if self.write_gate.is_some() {
+            let next = self.next_wake_at_except(except).await?;
+            if next.is_none_or(|at| at > now) {
+                return Ok(DueClaim { runs: Vec::new(), next_wake_at: Some(next) });
+            }
         }
         let turn = self.write_gate().await?;
         // Real time for the lease, whatever the business clock says: it is
@@ -602,7 +632,7 @@ impl Store {
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
-        Ok(runs)
+        Ok(DueClaim { runs, next_wake_at: None })
     }
 
     /// Give claimed runs back before their lease runs out (the runner

@@ -52,11 +52,13 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::engine::pipeline::{Lane, TenantLanes, log_panic};
 use crate::registry::Registry;
-use crate::store::{Run, Store, StoreError};
+use crate::store::{DueClaim, Run, Store, StoreError};
 use program::Program;
 
 /// Runs claimed per round (across the tenants it starts lanes for).
 const CLAIM: i64 = 256;
+/// How often the runner looks for due schedules on the system clock.
+const SCHEDULE_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Runs of one lane (one tenant) advanced concurrently.
 const CONCURRENT_RUNS: usize = 16;
 /// Lanes running at once: bounds the runner's runs in flight (and plugin
@@ -243,12 +245,23 @@ impl Workflows {
     /// and they are claimed again).
     pub async fn run(self: Arc<Self>) {
         let mut lanes: JoinSet<()> = JoinSet::new();
+        let mut schedules_checked: Option<Instant> = None;
         loop {
             while let Some(ended) = lanes.try_join_next() {
                 log_panic(ended);
             }
-            match self.start_lanes(&mut lanes).await {
-                Ok(0) => self.idle(&mut lanes).await,
+            // The runner goes round after every enrollment and every lane's
+            // end, hundreds of times a second under load; schedules fire on
+            // minutes, so on the system clock one look at them per
+            // SCHEDULE_LOOK_EVERY is enough (a manual clock looks every round:
+            // tests move it and expect what is due to fire).
+            let look = !matches!(self.clock, Clock::System)
+                || schedules_checked.is_none_or(|at| at.elapsed() >= SCHEDULE_LOOK_EVERY);
+            if look {
+                schedules_checked = Some(Instant::now());
+            }
+            match self.start_lanes(&mut lanes, look).await {
+                Ok((0, next_wake_at)) => self.idle(&mut lanes, next_wake_at).await,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("workflow round failed, retrying: {e}");
@@ -258,17 +271,23 @@ impl Workflows {
         }
     }
 
-    async fn idle(&self, lanes: &mut JoinSet<()>) {
+    /// Sleep until a run may be due, a wake-up, the clock moving or a
+    /// lane's end. `next_wake_at`: the next run due as the round's claim
+    /// just read it (`Some`), or unknown (`None`: read it here).
+    async fn idle(&self, lanes: &mut JoinSet<()>, next_wake_at: Option<Option<i64>>) {
         let full = lanes.len() >= MAX_LANES;
         let mut wait = Duration::from_secs(1);
         // With every lane taken nothing can start before one ends; otherwise
         // the next run due that a new lane could take.
-        if !full
-            && matches!(self.clock, Clock::System)
-            && let Ok(Some(due)) = self.store.next_wake_at_except(&self.lanes.running()).await
-        {
-            let ms = (due - self.clock.now()).clamp(0, 1000);
-            wait = Duration::from_millis(ms as u64);
+        if !full && matches!(self.clock, Clock::System) {
+            let due = match next_wake_at {
+                Some(known) => Ok(known),
+                None => self.store.next_wake_at_except(&self.lanes.running()).await,
+            };
+            if let Ok(Some(due)) = due {
+                let ms = (due - self.clock.now()).clamp(0, 1000);
+                wait = Duration::from_millis(ms as u64);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -281,22 +300,31 @@ impl Workflows {
     /// Fire due schedules, then claim due runs of the tenants whose lane is
     /// not running and start a lane (in `lanes`) for each such tenant, while
     /// lanes are free. Returns how many runs and schedules it started.
-    async fn start_lanes(self: &Arc<Self>, lanes: &mut JoinSet<()>) -> Result<usize, StoreError> {
-        let fired = self.fire_schedules().await?;
+    ///
+    /// With `schedules` false the schedules are not looked at. Also returns
+    /// the next run due as the claim read it, when it read it (see
+    /// [`crate::store::DueClaim`]).
+    async fn start_lanes(
+        self: &Arc<Self>,
+        lanes: &mut JoinSet<()>,
+        schedules: bool,
+    ) -> Result<(usize, Option<Option<i64>>), StoreError> {
+        let fired = if schedules { self.fire_schedules().await? } else { 0 };
         let free = MAX_LANES.saturating_sub(lanes.len());
         let mut started = 0;
-        for (lane, runs) in self.claim(free).await? {
+        let (claimed, next_wake_at) = self.claim(free).await?;
+        for (lane, runs) in claimed {
             started += runs.len();
             lanes.spawn(self.clone().run_lane(lane, runs));
         }
-        Ok(started + fired)
+        Ok((started + fired, next_wake_at))
     }
 
     /// One round, to its end: due schedules, then a claim of due runs, in
     /// lanes, waited for. Returns how many runs and schedules it handled.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut lanes = JoinSet::new();
-        let n = self.start_lanes(&mut lanes).await?;
+        let (n, _) = self.start_lanes(&mut lanes, true).await?;
         while let Some(ended) = lanes.join_next().await {
             log_panic(ended);
         }
@@ -307,12 +335,15 @@ impl Workflows {
     /// running, for up to `free` of them; each tenant's runs come with its
     /// lane, marked running. Runs of tenants beyond `free` go back (the
     /// next round claims them).
-    async fn claim(&self, free: usize) -> Result<Vec<(Lane, Vec<Run>)>, StoreError> {
+    ///
+    /// Also returns the next run due, when the claim read it on the way.
+    async fn claim(&self, free: usize) -> Result<(Vec<(Lane, Vec<Run>)>, Option<Option<i64>>), StoreError> {
         if free == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let now = self.clock.now();
-        let runs = self.store.claim_due_runs_except(now, CLAIM, &self.lanes.running()).await?;
+        let DueClaim { runs, next_wake_at } =
+            self.store.claim_due_runs_looking_ahead(now, CLAIM, &self.lanes.running()).await?;
         let mut by_tenant: Vec<(Lane, Vec<Run>)> = Vec::new();
         let mut back = Vec::new();
         for run in runs {
@@ -332,7 +363,7 @@ impl Workflows {
             // Not fatal: their leases run out and they are claimed then.
             tracing::warn!("giving back runs for later failed: {e}");
         }
-        Ok(by_tenant)
+        Ok((by_tenant, next_wake_at))
     }
 
     /// Advance one tenant's claimed runs, [`CONCURRENT_RUNS`] at a time;
