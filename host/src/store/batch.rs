@@ -292,9 +292,9 @@ const ACTIVITY_PER_STATEMENT: usize = 1000;
 ///
 /// Why not a statement per contact: a lane commits while it holds SQLite's
 /// one writer, and every statement is a round trip to the connection's
-/// thread (~0.1 ms on a busy 2-core machine): a 64-contact lane spent
-/// ~6 ms of its turn on these updates alone, and every other tenant's write
-/// waited for that turn (`cairn bench --noisy-only`). PostgreSQL keeps the
+/// thread (~0.1 ms on a busy 2-core machine), so a 64-contact lane's 64
+/// updates cost it ~6 ms of its turn, and every other tenant's write waits
+/// for that turn (`cairn bench --noisy-only`). PostgreSQL keeps the
 /// statement per contact: there rows are locked in the order they are
 /// updated, and `finish_batch` locks contacts by id so two nodes cannot
 /// deadlock (SQLite has one writer, so no order is needed).
@@ -313,8 +313,9 @@ async fn record_activity_sqlite(
         for chunk in activity.chunks(ACTIVITY_PER_STATEMENT) {
             // The unary `+` keeps SQLite from using the tenant index: with
             // it the plan scanned every contact of the tenant and probed the
-            // list (a 2-contact commit of a tenant with 10,000 contacts took
-            // 20–50 ms); without, it walks the list and finds each contact
+            // list (tenant B's 1–2-contact commits grew to 14–54 ms as its
+            // contacts grew to a few thousand in `cairn bench --noisy-only
+            // --quick`); without, it walks the list and finds each contact
             // by its key.
             let found = sqlx::query(
                 "UPDATE contacts SET last_activity_at = max(coalesce(contacts.last_activity_at, a.at), a.at) \

@@ -18,12 +18,11 @@
 //! tenant's writes would: `store::write_gate`) and then takes every write
 //! of the tenant queued by then, up to [`MAX_GROUP`], into one transaction,
 //! each in a savepoint of its own (a write alone needs none): a write that
-//! fails is rolled back alone
-//! and its caller gets its error; the others commit. The leader goes on
-//! while writes keep arriving, and ends when none is queued. It is a task
-//! of its own, not the first caller's future, so a caller that stops
-//! waiting strands nobody (its write still lands, like a commit already
-//! sent).
+//! fails is rolled back alone and its caller gets its error; the others
+//! commit. The leader goes on while writes keep arriving, and ends when
+//! none is queued. It is a task of its own, not the first caller's future,
+//! so a caller that stops waiting strands nobody (its write still lands,
+//! like a commit already sent).
 //!
 //! PostgreSQL has no one writer: there every write is its own transaction
 //! and nothing is queued here.
@@ -287,7 +286,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_alone_commits_or_rolls_back_without_a_savepoint() {
+    async fn a_write_alone_commits_or_rolls_back_and_frees_the_writer() {
         let db = TempSqlite::new();
         let store = Store::open(&db.url()).await.unwrap();
         sqlx::query("CREATE TABLE grouped (n INTEGER NOT NULL)").execute(&store.pool).await.unwrap();
