@@ -51,6 +51,11 @@ enum Command {
         /// its rate limit lets it.
         #[arg(long, requires = "noisy_only", value_name = "EVENTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
         a_rate: Option<u32>,
+        /// With --noisy-only: run it this many times, each on a new server,
+        /// and print the rounds pooled too (B's p99 over every round's
+        /// events; each round's ratios and their median).
+        #[arg(long, requires = "noisy_only", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
         /// Only the cluster figure: events/s with 1, 2 and 3 `cairn serve`
         /// nodes on one database. Needs PostgreSQL (CAIRN_TEST_POSTGRES_URL,
         /// default postgres://postgres@127.0.0.1:5432/postgres); not part of
@@ -152,14 +157,23 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Demo => cairn::demo::run().await,
             Command::Bench { quick, cluster_only: true, .. } => cairn::bench::cluster::run(quick).await,
-            Command::Bench { quick, workflows_only, swap_only, noisy_only, postgres, a_rate, cluster_only: false } => {
+            Command::Bench {
+                quick,
+                workflows_only,
+                swap_only,
+                noisy_only,
+                postgres,
+                a_rate,
+                rounds,
+                cluster_only: false,
+            } => {
                 use cairn::bench::Only;
                 use cairn::bench::noisy::{Database, Options};
                 let database = if postgres { Database::Postgres } else { Database::Sqlite };
                 let only = match (workflows_only, swap_only, noisy_only) {
                     (true, _, _) => Only::Workflows,
                     (_, true, _) => Only::Swap,
-                    (_, _, true) => Only::Noisy(Options { database, a_events_per_sec: a_rate }),
+                    (_, _, true) => Only::Noisy(Options { database, a_events_per_sec: a_rate, rounds }),
                     _ => Only::All,
                 };
                 cairn::bench::run(quick, only).await
