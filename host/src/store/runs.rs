@@ -584,7 +584,8 @@ impl Store {
     /// `except` (the runner's tenants whose lane is running: it claims
     /// their runs when the lane ends). The claim reads past the due runs of
     /// those tenants, which are bounded by their contacts and workflows and
-    /// drained by their lanes.
+    /// drained by their lanes; the due index carries the tenant, so each is
+    /// passed over from the index without reading its row (migration 0007).
     pub async fn claim_due_runs_except(&self, now: i64, limit: i64, except: &[String]) -> Result<Vec<Run>> {
         Ok(self.claim_due_runs_looking_ahead(now, limit, except).await?.runs)
     }
