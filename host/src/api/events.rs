@@ -53,7 +53,7 @@ async fn ingest(
         value @ Value::Object(_) => vec![parse_event(value, None)?],
         _ => return Err(ApiError::invalid("expected an event object or {\"events\": [...]}")),
     };
-    state.rate_limit.admit(&tenant, events.len())?;
+    state.rate_limit.admit(&tenant, events.len()).await?;
     let stored = state.intake.submit(&tenant, events).await.map_err(intake_error)?;
     let ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": ids.len(), "ids": ids}))))

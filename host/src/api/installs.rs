@@ -53,7 +53,7 @@ async fn inbound(
     if !active.is(crate::runtime::Kind::Channel) {
         return Err(ApiError::invalid("this install is not a channel"));
     }
-    state.rate_limit.admit(&tenant, 1)?;
+    state.rate_limit.admit(&tenant, 1).await?;
     let request = crate::runtime::bindings::guest::channel::InboundRequest {
         path: String::new(),
         headers: headers
@@ -121,7 +121,7 @@ async fn inbound(
         });
     }
     // The first event was paid for before the parse.
-    state.rate_limit.admit(&tenant, events.len().saturating_sub(1))?;
+    state.rate_limit.admit(&tenant, events.len().saturating_sub(1)).await?;
     let accepted = if events.is_empty() {
         0
     } else {

@@ -48,8 +48,9 @@
 //!   takes in total: there a tenant allowed the default takes the whole
 //!   intake, and B's latency measures the machine's capacity, not fairness
 //!   (the rate limit is the answer to that flood, sized to the machine). A's
-//!   senders meet the limit (their `429`s are counted); B's rate is far
-//!   below it.
+//!   senders meet the limit: it holds their requests to pace them to the
+//!   rate, and refuses what would wait longer than a quarter second (the
+//!   `429`s are counted); B's rate is far below it.
 //!
 //! The runaway guests are the hostile test guests `host/build.rs` builds
 //! (`tests/guests/guest-*`), read from the directory the binary was built
