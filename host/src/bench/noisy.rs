@@ -666,7 +666,7 @@ pub async fn run(dir: &std::path::Path, quick: bool, options: Options) -> anyhow
 /// events, its ratio to B alone pooled the same way, and the per-round
 /// ratios with their median.
 fn pooled(rounds: &[RoundLatencies], options: Options) -> Value {
-    let p99 = |v: Vec<f64>| (percentile(v, 0.99) * 10.0).round() / 10.0;
+    let p99 = |v: Vec<f64>| ms(&v, 0.99);
     let ratio = |a: f64, b: f64| (a / b * 100.0).round() / 100.0;
     let alone_p99 = p99(rounds.iter().flat_map(|r| r[0].iter().copied()).collect());
     let mut phases = serde_json::Map::new();
