@@ -30,6 +30,7 @@ on_both_backends!(
     concurrent_enrollments_of_one_contact_create_one_run,
     a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules,
     due_runs_are_claimed_by_wake_time_and_held_by_their_lease,
+    runs_enrolled_for_hand_over_are_born_leased_and_a_save_that_goes_on_keeps_the_lease,
     saved_progress_and_step_records_round_trip,
     action_calls_are_saved_with_their_step_in_one_transaction,
     only_a_failed_run_can_be_retried,
@@ -431,6 +432,48 @@ async fn a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules(sto
     );
     let runs = store.list_runs(&t, &RunFilter::default(), None, 100).await?.items;
     assert_eq!(runs.len(), 4, "one run of ann's, three of bob's");
+    Ok(())
+}
+
+/// The runner's direct path (`engine::workflows::direct`): a batch that
+/// hands its runs over enrolls them leased, so no claim takes them; a save
+/// between two steps keeps the lease; the save that waits releases it.
+async fn runs_enrolled_for_hand_over_are_born_leased_and_a_save_that_goes_on_keeps_the_lease(
+    store: Store,
+) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let w = workflow(&store, &t, "Welcome").await?;
+    let update = |contact: &str, key: &str| ContactUpdate {
+        tenant_id: t.clone(),
+        contact_id: contact.to_string(),
+        last_activity_at: None,
+        score: None,
+        stage_change: None,
+        enrollments: vec![enrollment(&t, &w.id, contact, key, T0)],
+    };
+    let handed_contact = contact(&store, &t, "handed@example.com").await?;
+    let claimed_contact = contact(&store, &t, "claimed@example.com").await?;
+    let handed = store.finish_batch_leasing(&[update(&handed_contact, "h")], &[], true).await?;
+    let handed = enrolled(handed[0].1.as_ref().context("decided")?).clone();
+    let claimed = store.finish_batch_leasing(&[update(&claimed_contact, "c")], &[], false).await?;
+    let claimed = enrolled(claimed[0].1.as_ref().context("decided")?).clone();
+
+    let due = store.claim_due_runs(T0 + 1_000, 10).await?;
+    assert_eq!(due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [claimed.id.as_str()], "the handed run is held");
+    assert_eq!(store.next_wake_at().await?, None, "nor is it a reason to wake");
+
+    // An action's outcome saved, the run goes on: still held.
+    let mut going_on = finish(&handed, "waiting", T0 + 10);
+    going_on.cursor = Some("s2".into());
+    going_on.wake_at = Some(T0 + 10);
+    assert!(store.save_run_progress(&going_on, &[step(&handed, "s1", "ok", 1, T0)], &[], true).await?);
+    assert!(store.claim_due_runs(T0 + 1_000, 10).await?.is_empty(), "a run in progress is never claimed");
+    // It waits for a timer: released, and claimable when due.
+    going_on.wake_at = Some(T0 + 2_000);
+    assert!(store.save_run_progress(&going_on, &[], &[], false).await?);
+    assert!(store.claim_due_runs(T0 + 1_999, 10).await?.is_empty());
+    let woke = store.claim_due_runs(T0 + 2_000, 10).await?;
+    assert_eq!((woke.len(), woke[0].id.as_str(), woke[0].cursor.as_deref()), (1, handed.id.as_str(), Some("s2")));
     Ok(())
 }
 

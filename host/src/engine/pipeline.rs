@@ -60,12 +60,13 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::engine::actions;
 use crate::engine::automation::{AutomationCache, TenantAutomation};
+use crate::engine::workflows::runner::WAITING;
 use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::recorded::RecordedCall;
 use crate::runtime::{CallError, CallScope};
-use crate::store::{self, Backend, ContactUpdate, Event, StageChange, Store, StoreError, Value};
+use crate::store::{self, Backend, ContactUpdate, EnrollOutcome, Event, StageChange, Store, StoreError, Value};
 
 /// Events one lane claims (one tenant's batch).
 const BATCH: i64 = 1024;
@@ -391,10 +392,26 @@ impl Pipeline {
             Backend::Postgres => usize::MAX,
         };
         // Each commit lands its contacts' activity, scores, enrollments and
-        // "processed" together.
+        // "processed" together. The runs it enrolls go straight to the
+        // runner when it takes them (`engine::workflows::direct`), else it
+        // claims them.
+        let hand_over = self.workflows.may_hand_over(tenant);
         for (updates, ids) in commits(updates, ids_by_contact, rows) {
-            let decided = self.store.finish_batch(&updates, &ids).await?;
-            self.workflows.record_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
+            let decided = self.store.finish_batch_leasing(&updates, &ids, hand_over).await?;
+            let enrolled = self.workflows.count_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
+            if hand_over {
+                self.workflows.hand_over(
+                    decided
+                        .into_iter()
+                        .filter_map(|(_, outcome)| match outcome {
+                            Some(EnrollOutcome::Enrolled(run)) if run.status == WAITING => Some(run),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            } else if enrolled > 0 {
+                self.workflows.wake();
+            }
         }
         if !touched.is_empty()
             && let Err(e) = self.workflows.check_goals(tenant, &touched).await

@@ -166,6 +166,19 @@ impl Store {
         updates: &[ContactUpdate],
         processed: &[String],
     ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
+        self.finish_batch_leasing(updates, processed, false).await
+    }
+
+    /// [`Store::finish_batch`]; with `lease_runs`, the runs it enrolls
+    /// waiting are born leased for a claim lease (real time): the caller
+    /// hands them to its runner in memory, and saves the runner the write
+    /// of claiming them (see `engine::workflows::direct`).
+    pub async fn finish_batch_leasing(
+        &self,
+        updates: &[ContactUpdate],
+        processed: &[String],
+        lease_runs: bool,
+    ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
         let at = self.now();
         // A lane's updates are all of its tenant's.
         let writer = updates.first().map_or(Writer::Shared, |u| Writer::Tenant(&u.tenant_id));
@@ -272,8 +285,10 @@ impl Store {
             .await?;
         }
         let mut outcomes = Vec::new();
+        let lease_until = lease_runs.then(|| crate::store::now_ms() + self.claim_lease_ms());
         for e in updates.iter().flat_map(|u| &u.enrollments) {
-            let outcome = crate::store::runs::enroll_if_present(&mut tx, self.backend, e, &mut memo).await?;
+            let outcome =
+                crate::store::runs::enroll_if_present(&mut tx, self.backend, e, &mut memo, lease_until).await?;
             outcomes.push((e.clone(), outcome));
         }
         tx.commit().await?;

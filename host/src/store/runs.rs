@@ -341,12 +341,14 @@ impl EnrollMemo {
 /// answers `None`, recording nothing, when the workflow or the contact no
 /// longer exists in the tenant. `memo` carries what earlier enrollments of
 /// the same transaction learned; the outcome is the one [`enroll_one`]
-/// would give.
+/// would give. A run enrolled waiting is born leased until `lease_until`
+/// (real time) when given.
 pub(crate) async fn enroll_if_present(
     conn: &mut AnyConnection,
     backend: Backend,
     e: &Enrollment,
     memo: &mut EnrollMemo,
+    lease_until: Option<i64>,
 ) -> Result<Option<EnrollOutcome>> {
     let workflow_key = (e.tenant_id.clone(), e.workflow_id.clone());
     let workflow_exists = match memo.workflows.get(&workflow_key) {
@@ -389,7 +391,7 @@ pub(crate) async fn enroll_if_present(
         // Still waiting: only the key check comes before it.
         return Ok(Some(if key_used(conn, e).await? { EnrollOutcome::Duplicate } else { EnrollOutcome::InFlight }));
     }
-    let outcome = enroll_one(conn, e).await?;
+    let outcome = enroll_one(conn, e, lease_until).await?;
     let waiting = match &outcome {
         EnrollOutcome::InFlight => true,
         EnrollOutcome::Enrolled(run) => run.status == WAITING,
@@ -415,8 +417,10 @@ async fn key_used(conn: &mut AnyConnection, e: &Enrollment) -> Result<bool> {
 }
 
 /// Decide one enrollment and, when allowed, insert its run. The caller holds
-/// the write transaction (and on PostgreSQL the workflow's row lock).
-async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOutcome> {
+/// the write transaction (and on PostgreSQL the workflow's row lock). A
+/// waiting run is inserted leased until `lease_until` (real time) when
+/// given: the caller advances it itself, and no claim may take it meanwhile.
+async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment, lease_until: Option<i64>) -> Result<EnrollOutcome> {
     if key_used(conn, e).await? {
         return Ok(EnrollOutcome::Duplicate);
     }
@@ -476,8 +480,8 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOu
         finished_at: if done { Some(e.at) } else { None },
     };
     sqlx::query(&format!(
-        "INSERT INTO workflow_runs ({RUN_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        "INSERT INTO workflow_runs ({RUN_COLUMNS}, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     ))
     .bind(&run.id)
     .bind(&run.tenant_id)
@@ -497,6 +501,7 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment) -> Result<EnrollOu
     .bind(run.enrolled_at)
     .bind(run.updated_at)
     .bind(run.finished_at)
+    .bind(lease_until.filter(|_| !done))
     .execute(&mut *conn)
     .await?;
     Ok(EnrollOutcome::Enrolled(run))
@@ -566,7 +571,7 @@ impl Store {
         }
         let mut out = Vec::with_capacity(e.len());
         for x in e {
-            out.push(enroll_one(&mut tx, x).await?);
+            out.push(enroll_one(&mut tx, x, None).await?);
         }
         tx.commit().await?;
         Ok(out)
@@ -716,6 +721,21 @@ impl Store {
         steps: &[RunStep],
         calls: &[InvocationRecord],
     ) -> Result<bool> {
+        self.save_run_progress(p, steps, calls, false).await
+    }
+
+    /// [`Store::save_run_with_calls`]; with `hold`, a run saved `waiting`
+    /// keeps its lease, renewed for another claim lease, instead of
+    /// releasing it: its worker saved an action's outcome and goes on to the
+    /// next step, and no claim (of this process or another) may take the
+    /// run in the middle.
+    pub async fn save_run_progress(
+        &self,
+        p: &RunProgress,
+        steps: &[RunStep],
+        calls: &[InvocationRecord],
+        hold: bool,
+    ) -> Result<bool> {
         check_status(&p.status, &RUN_STATUSES, "run")?;
         for s in steps {
             check_status(&s.status, &STEP_STATUSES, "step")?;
@@ -727,16 +747,18 @@ impl Store {
             return Err(StoreError::Invalid(format!("invocation `{}` belongs to another tenant", c.id)));
         }
         let error = bounded_json(p.error.as_ref())?;
+        let lease_until = (hold && p.status == WAITING).then(|| now_ms() + self.claim_lease_ms());
         let Some(groups) = &self.groups else {
             let mut tx = self.begin_write_for(Writer::Tenant(&p.tenant_id)).await?;
-            let saved = save_run_statements(&mut tx, p, error, steps, calls).await?;
+            let saved = save_run_statements(&mut tx, p, error, lease_until, steps, calls).await?;
             tx.commit().await?;
             return Ok(saved);
         };
         let (p, steps, calls) = (p.clone(), steps.to_vec(), calls.to_vec());
         let tenant = p.tenant_id.clone();
-        let job: Job<bool> =
-            Box::new(move |conn| Box::pin(async move { save_run_statements(conn, &p, error, &steps, &calls).await }));
+        let job: Job<bool> = Box::new(move |conn| {
+            Box::pin(async move { save_run_statements(conn, &p, error, lease_until, &steps, &calls).await })
+        });
         groups.run_saves.write(self, &tenant, job).await
     }
 
@@ -887,13 +909,14 @@ impl Store {
     }
 }
 
-/// The statements of a run save (see [`Store::save_run_with_calls`]), on
+/// The statements of a run save (see [`Store::save_run_progress`]), on
 /// `conn` inside the caller's transaction; `error` is the run's error,
-/// bounded.
+/// bounded; the run's lease becomes `lease_until` (`None` releases it).
 async fn save_run_statements(
     conn: &mut AnyConnection,
     p: &RunProgress,
     error: Option<String>,
+    lease_until: Option<i64>,
     steps: &[RunStep],
     calls: &[InvocationRecord],
 ) -> Result<bool> {
@@ -902,7 +925,7 @@ async fn save_run_statements(
     let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
     let row = sqlx::query(
         "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
-         state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = NULL \
+         state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = $13 \
          WHERE tenant_id = $1 AND id = $2 RETURNING workflow_id, contact_id",
     )
     .bind(&p.tenant_id)
@@ -917,6 +940,7 @@ async fn save_run_statements(
     .bind(p.exit_reason.as_deref())
     .bind(p.at)
     .bind(finished_at)
+    .bind(lease_until)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(false) };

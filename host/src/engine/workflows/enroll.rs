@@ -172,6 +172,18 @@ impl Workflows {
         &self,
         decided: impl Iterator<Item = (&'a Enrollment, Option<&'a EnrollOutcome>)>,
     ) -> usize {
+        let enrolled = self.count_outcomes(decided);
+        if enrolled > 0 {
+            self.wake();
+        }
+        enrolled
+    }
+
+    /// Count what the store decided; how many enrolled.
+    pub fn count_outcomes<'a>(
+        &self,
+        decided: impl Iterator<Item = (&'a Enrollment, Option<&'a EnrollOutcome>)>,
+    ) -> usize {
         let mut enrolled = 0;
         for (request, outcome) in decided {
             match outcome {
@@ -183,10 +195,7 @@ impl Workflows {
                 }
             }
         }
-        if enrolled > 0 {
-            self.stats.enrolled.fetch_add(enrolled as u64, std::sync::atomic::Ordering::Relaxed);
-            self.wake();
-        }
+        self.stats.enrolled.fetch_add(enrolled as u64, std::sync::atomic::Ordering::Relaxed);
         enrolled
     }
 

@@ -20,6 +20,7 @@
 //! - [`enroll`]: trigger matching for the pipeline, schedules, enrollment.
 //! - [`runner`]: advancing a run: steps, retries with backoff, goals.
 //! - [`dry_run`]: walking a definition on a sample contact in test mode.
+//! - [`direct`]: runs the pipeline enrolls, handed to the runner in memory.
 //! - this file: [`Workflows`], the service (caches, loop, counters).
 //!
 //! ## Lanes
@@ -30,10 +31,13 @@
 //! tenant whose actions run to their deadlines (or wait for the tenant's
 //! plugin-call slots) holds only its own lane, while the next round claims
 //! the other tenants' runs. One shared round with one concurrency limit
-//! would let such a tenant hold every tenant's steps.
+//! would let such a tenant hold every tenant's steps. Runs the pipeline
+//! enrolls skip the claim and the lanes: it hands them over in memory
+//! ([`direct`]), bounded per tenant the same way.
 
 pub mod condition;
 pub mod definition;
+pub mod direct;
 pub mod dry_run;
 pub mod enroll;
 pub mod program;
@@ -121,6 +125,8 @@ pub struct Workflows {
     zones: Mutex<HashMap<String, (Instant, jiff::tz::TimeZone)>>,
     /// Tenants whose lane is running in this process.
     lanes: TenantLanes,
+    /// Runs the pipeline handed over.
+    direct: direct::Direct,
     /// Counters.
     pub stats: WorkflowStats,
 }
@@ -139,6 +145,7 @@ impl Workflows {
             programs: Mutex::new(HashMap::new()),
             zones: Mutex::new(HashMap::new()),
             lanes: TenantLanes::default(),
+            direct: direct::Direct::default(),
             stats: WorkflowStats::default(),
         })
     }
@@ -244,6 +251,8 @@ impl Workflows {
     /// of this task: aborting it aborts them (their runs' leases run out
     /// and they are claimed again).
     pub async fn run(self: Arc<Self>) {
+        // While the loop runs, the pipeline hands it new runs directly.
+        let _live = self.go_live();
         let mut lanes: JoinSet<()> = JoinSet::new();
         let mut schedules_checked: Option<Instant> = None;
         loop {

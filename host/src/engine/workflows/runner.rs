@@ -89,7 +89,7 @@ impl Workflows {
             let Some(node) = program.node(&step_id) else {
                 let error = json!({"message": format!("step `{step_id}` is not in version {}", run.version)});
                 self.count(&self.stats.runs_failed);
-                return self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await;
+                return self.save(&run, FAILED, None, Some(error), None, &pending, &calls, false).await;
             };
             let now = self.clock.now();
             let started = std::time::Instant::now();
@@ -181,7 +181,7 @@ impl Workflows {
                     run.attempts = 0;
                     let status = if run.cursor.is_some() { WAITING } else { COMPLETED };
                     if acted || status == COMPLETED {
-                        self.save(&run, status, Some(now), None, None, &pending, &calls).await?;
+                        self.save(&run, status, Some(now), None, None, &pending, &calls, status == WAITING).await?;
                         pending.clear();
                         calls.clear();
                     }
@@ -195,19 +195,19 @@ impl Workflows {
                         run.attempts = record.attempts;
                     }
                     pending.push(record);
-                    return self.save(&run, WAITING, Some(until), None, None, &pending, &calls).await;
+                    return self.save(&run, WAITING, Some(until), None, None, &pending, &calls, false).await;
                 }
                 Outcome::Fail(error) => {
                     run.attempts = record.attempts;
                     self.count(&self.stats.runs_failed);
                     pending.push(record);
-                    return self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await;
+                    return self.save(&run, FAILED, None, Some(error), None, &pending, &calls, false).await;
                 }
             }
         }
         let error = json!({"message": "the run did not finish within the step limit"});
         self.count(&self.stats.runs_failed);
-        self.save(&run, FAILED, None, Some(error), None, &pending, &calls).await
+        self.save(&run, FAILED, None, Some(error), None, &pending, &calls, false).await
     }
 
     /// A delay: the first visit computes its end in the tenant's zone and
@@ -387,11 +387,13 @@ impl Workflows {
 
     /// End `run` without a step of its own (completed, cancelled, exited).
     async fn finish(&self, run: &Run, status: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        self.save(run, status, None, None, reason, &[], &[]).await
+        self.save(run, status, None, None, reason, &[], &[], false).await
     }
 
     /// Save where `run` got to with the step records and plugin calls since
-    /// the last save, in one transaction.
+    /// the last save, in one transaction. With `going_on` (an action's
+    /// outcome saved, the next step next) the run keeps its lease: no
+    /// claim may take it while this worker still advances it.
     #[allow(clippy::too_many_arguments)]
     async fn save(
         &self,
@@ -402,6 +404,7 @@ impl Workflows {
         exit_reason: Option<&str>,
         steps: &[RunStep],
         calls: &[InvocationRecord],
+        going_on: bool,
     ) -> Result<(), StoreError> {
         let waiting = status == WAITING;
         let progress = RunProgress {
@@ -417,7 +420,7 @@ impl Workflows {
             exit_reason: exit_reason.map(str::to_string),
             at: self.clock.now(),
         };
-        self.store.save_run_with_calls(&progress, steps, calls).await?;
+        self.store.save_run_progress(&progress, steps, calls, going_on).await?;
         Ok(())
     }
 }
