@@ -398,20 +398,18 @@ impl Pipeline {
         let hand_over = self.workflows.may_hand_over(tenant);
         for (updates, ids) in commits(updates, ids_by_contact, rows) {
             let decided = self.store.finish_batch_leasing(&updates, &ids, hand_over).await?;
-            let enrolled = self.workflows.count_outcomes(decided.iter().map(|(e, o)| (e, o.as_ref())));
-            if hand_over {
-                self.workflows.hand_over(
-                    decided
-                        .into_iter()
-                        .filter_map(|(_, outcome)| match outcome {
-                            Some(EnrollOutcome::Enrolled(run)) if run.status == WAITING => Some(run),
-                            _ => None,
-                        })
-                        .collect(),
-                );
-            } else if enrolled > 0 {
-                self.workflows.wake();
+            let outcomes = decided.iter().map(|(e, o)| (e, o.as_ref()));
+            if !hand_over {
+                self.workflows.record_outcomes(outcomes);
+                continue;
             }
+            self.workflows.count_outcomes(outcomes);
+            // The runs enrolled waiting are the ones born leased.
+            let leased = decided.into_iter().filter_map(|(_, outcome)| match outcome {
+                Some(EnrollOutcome::Enrolled(run)) if run.status == WAITING => Some(run),
+                _ => None,
+            });
+            self.workflows.hand_over(leased.collect());
         }
         if !touched.is_empty()
             && let Err(e) = self.workflows.check_goals(tenant, &touched).await
