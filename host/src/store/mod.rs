@@ -523,7 +523,7 @@ impl Store {
             if waited >= SLOW_WRITE_TURN {
                 tracing::debug!(waited_ms = waited.as_millis() as u64, at = %caller, "slow SQLite write wait");
             }
-            tracing::trace!(waited_us = waited.as_micros() as u64, at = %caller, "SQLite write wait");
+            tracing::trace!(waited_us = waited.as_micros() as u64, writer = turn.key(), at = %caller, "SQLite write wait");
             if gate.lock_timeouts() != seen {
                 return Err(StoreError::Locked);
             }
