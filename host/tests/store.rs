@@ -39,6 +39,7 @@ on_both_backends!(
     concurrent_claims_get_disjoint_events,
     a_batch_finished_twice_lands_once,
     a_batch_moves_each_contacts_last_activity_forward_only,
+    a_batch_lands_each_contacts_score_with_its_history,
     concurrent_requests_with_one_key_store_one_event,
     recent_and_counted_events_respect_kind_time_and_tenant,
     the_timeline_merges_a_contacts_history_newest_first,
@@ -636,6 +637,51 @@ async fn a_batch_moves_each_contacts_last_activity_forward_only(store: Store) ->
     assert_eq!(activity(other.clone(), theirs.clone()).await?, None, "another tenant's contact is untouched");
     store.finish_batch(&[active(&ann, 6_000)], &[]).await?;
     assert_eq!(activity(t, ann).await?, Some(6_000), "a newer time wins");
+    Ok(())
+}
+
+/// A batch's scores land per contact with a history entry each (two
+/// statements for all of them on SQLite): reasons as given, old and new
+/// score, only on the batch's tenant, and nothing for a contact gone.
+async fn a_batch_lands_each_contacts_score_with_its_history(store: Store) -> anyhow::Result<()> {
+    let (t, other) = (tenant(&store, "Acme").await?, tenant(&store, "Other").await?);
+    let ann = contact(&store, &t, "ann@example.com").await?;
+    let bob = contact(&store, &t, "bob@example.com").await?;
+    let gone = contact(&store, &t, "gone@example.com").await?;
+    let theirs = contact(&store, &other, "cat@example.com").await?;
+    settle(&store).await?;
+    assert!(store.delete_contact(&t, &gone).await?);
+    let scored = |contact: &str, old: f64, new: f64, reasons: &[&str]| ContactUpdate {
+        tenant_id: t.clone(),
+        contact_id: contact.to_string(),
+        last_activity_at: None,
+        score: Some((old, new, reasons.iter().map(|r| r.to_string()).collect())),
+        stage_change: None,
+        enrollments: Vec::new(),
+    };
+    let batch = [
+        scored(&ann, 0.0, 12.5, &["opened \"Pricing\"", "+10 visit"]),
+        scored(&bob, 0.0, -3.0, &[]),
+        scored(&gone, 0.0, 50.0, &["gone"]),
+        // Another tenant's contact, named under this tenant.
+        scored(&theirs, 0.0, 77.0, &["not theirs"]),
+    ];
+    store.finish_batch(&batch, &[]).await?;
+    let score = |tenant: String, id: String| {
+        let store = store.clone();
+        async move { anyhow::Ok(store.get_contact(&tenant, &id).await?.context("contact")?.score) }
+    };
+    assert_eq!(score(t.clone(), ann.clone()).await?, 12.5);
+    assert_eq!(score(t.clone(), bob.clone()).await?, -3.0);
+    assert_eq!(score(other.clone(), theirs.clone()).await?, 0.0, "another tenant's contact is untouched");
+    let history = store.score_history(&t, &ann, 10).await?;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!((history[0].old_score, history[0].new_score), (0.0, 12.5));
+    assert_eq!(history[0].reasons, ["opened \"Pricing\"", "+10 visit"]);
+    assert_eq!(store.score_history(&t, &bob, 10).await?.len(), 1);
+    assert!(store.score_history(&t, &gone, 10).await?.is_empty(), "a contact gone gets no history");
+    assert!(store.score_history(&other, &theirs, 10).await?.is_empty());
+    assert!(store.score_history(&t, &theirs, 10).await?.is_empty());
     Ok(())
 }
 

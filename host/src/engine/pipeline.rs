@@ -60,6 +60,7 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::engine::actions;
 use crate::engine::automation::{AutomationCache, TenantAutomation};
+use crate::engine::workflows::direct::HandedRun;
 use crate::engine::workflows::runner::WAITING;
 use crate::engine::workflows::{ActiveWorkflow, Workflows, enroll};
 use crate::registry::{ActiveInstall, Registry, TenantInstalls};
@@ -382,6 +383,13 @@ impl Pipeline {
         }
         let ids_by_contact: HashMap<String, Vec<String>> =
             by_contact.iter().map(|(c, events)| (c.clone(), events.iter().map(|e| e.id.clone()).collect())).collect();
+        // The runs the commits hand over get their trigger events from here.
+        let hand_over = self.workflows.may_hand_over(tenant);
+        let triggers: HashMap<String, Event> = if hand_over {
+            by_contact.values().flatten().map(|e| (e.id.clone(), Event { processed: true, ..e.clone() })).collect()
+        } else {
+            HashMap::new()
+        };
         let updates = self.process_tenant(tenant, by_contact).await?;
         let processed_in = started.elapsed();
         // Goals read the contact as written (score, stage), after the commits.
@@ -395,7 +403,6 @@ impl Pipeline {
         // "processed" together. The runs it enrolls go straight to the
         // runner when it takes them (`engine::workflows::direct`), else it
         // claims them.
-        let hand_over = self.workflows.may_hand_over(tenant);
         for (updates, ids) in commits(updates, ids_by_contact, rows) {
             let decided = self.store.finish_batch_leasing(&updates, &ids, hand_over).await?;
             let outcomes = decided.iter().map(|(e, o)| (e, o.as_ref()));
@@ -406,7 +413,11 @@ impl Pipeline {
             self.workflows.count_outcomes(outcomes);
             // The runs enrolled waiting are the ones born leased.
             let leased = decided.into_iter().filter_map(|(_, outcome)| match outcome {
-                Some(EnrollOutcome::Enrolled(run)) if run.status == WAITING => Some(run),
+                Some(EnrollOutcome::Enrolled(run)) if run.status == WAITING => {
+                    // One event may enroll in several workflows.
+                    let trigger = run.trigger_event_id.as_ref().and_then(|id| triggers.get(id).cloned());
+                    Some(HandedRun { run, trigger })
+                }
                 _ => None,
             });
             self.workflows.hand_over(leased.collect());

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use sqlx::Row;
 
-use crate::store::contacts::{CONTACT_COLUMNS, MAX_REASONS, contact_from_row, load_tags};
+use crate::store::contacts::{MAX_REASONS, contact_select, contact_with_tags_from_row};
 use crate::store::error::{Result, StoreError};
 use crate::store::events::insert_system_event;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
@@ -63,12 +63,12 @@ impl Store {
     /// The contacts of `tenant` among `ids` (with tags), by id; ids of other
     /// tenants or deleted contacts are simply absent.
     pub async fn get_contacts(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, Contact>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut found = Vec::with_capacity(ids.len());
+        let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IN_LIST) {
             let mut p = Params::new(self.backend);
             let sql = format!(
-                "SELECT {CONTACT_COLUMNS} FROM contacts WHERE tenant_id = {} AND id IN ({})",
+                "SELECT {} FROM contacts WHERE tenant_id = {} AND id IN ({})",
+                contact_select(self.backend, "contacts"),
                 p.one(),
                 p.list(chunk.len())
             );
@@ -76,12 +76,12 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            for row in q.fetch_all(&mut *conn).await? {
-                found.push(contact_from_row(&row)?);
+            for row in q.fetch_all(&self.pool).await? {
+                let contact = contact_with_tags_from_row(&row)?;
+                found.insert(contact.id.clone(), contact);
             }
         }
-        load_tags(&mut conn, self.backend, tenant, &mut found).await?;
-        Ok(found.into_iter().map(|c| (c.id.clone(), c)).collect())
+        Ok(found)
     }
 
     /// For each contact of `tenant` among `contact_ids`: its events at or
@@ -219,6 +219,7 @@ impl Store {
         let activity_done = self.backend == Backend::Sqlite;
         if activity_done {
             record_activity_sqlite(&mut tx, &updates, &mut memo).await?;
+            record_scores_sqlite(&mut tx, &updates, at).await?;
         }
         for u in updates.iter().copied() {
             if let Some(t) = u.last_activity_at.filter(|_| !activity_done) {
@@ -232,7 +233,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            if let Some((old, new, reasons)) = &u.score {
+            if let Some((old, new, reasons)) = u.score.as_ref().filter(|_| !activity_done) {
                 let done =
                     sqlx::query("UPDATE contacts SET score = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
                         .bind(&u.tenant_id)
@@ -294,6 +295,55 @@ impl Store {
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Store each updated contact's new score and its score history entry, in
+/// two statements per [`ACTIVITY_PER_STATEMENT`] contacts (SQLite only), for
+/// the reason [`record_activity_sqlite`] gives: a statement per contact
+/// would hold SQLite's one writer a round trip per statement. A contact
+/// deleted meanwhile gets neither.
+async fn record_scores_sqlite(conn: &mut sqlx::AnyConnection, updates: &[&ContactUpdate], at: i64) -> Result<()> {
+    let mut by_tenant: HashMap<&str, Vec<(&str, f64, f64, String)>> = HashMap::new();
+    for u in updates {
+        if let Some((old, new, reasons)) = &u.score {
+            let reasons: Vec<&String> = reasons.iter().take(MAX_REASONS).collect();
+            by_tenant.entry(&u.tenant_id).or_default().push((&u.contact_id, *old, *new, sql::to_json(&reasons)?));
+        }
+    }
+    for (tenant, scores) in by_tenant {
+        for chunk in scores.chunks(ACTIVITY_PER_STATEMENT) {
+            let changes: Vec<(String, &str, f64, f64, &str)> = chunk
+                .iter()
+                .map(|(contact, old, new, reasons)| (new_id(), *contact, *old, *new, reasons.as_str()))
+                .collect();
+            let changes = sql::to_json(&changes)?;
+            // The unary `+`: see `record_activity_sqlite`.
+            sqlx::query(
+                "UPDATE contacts SET score = a.score, updated_at = $2 \
+                 FROM (SELECT json_extract(value, '$[1]') AS id, json_extract(value, '$[3]') AS score \
+                       FROM json_each($3)) AS a \
+                 WHERE contacts.id = a.id AND +contacts.tenant_id = $1",
+            )
+            .bind(tenant)
+            .bind(at)
+            .bind(&changes)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO score_changes (id, tenant_id, contact_id, old_score, new_score, reasons, at) \
+                 SELECT json_extract(value, '$[0]'), $1, json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                        json_extract(value, '$[3]'), json_extract(value, '$[4]'), $2 \
+                 FROM json_each($3) \
+                 WHERE EXISTS (SELECT 1 FROM contacts WHERE tenant_id = $1 AND id = json_extract(value, '$[1]'))",
+            )
+            .bind(tenant)
+            .bind(at)
+            .bind(&changes)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Contacts in one statement of [`record_activity_sqlite`] at most (the

@@ -357,6 +357,11 @@ async fn events_by_key(
     Ok(found)
 }
 
+/// New contacts [`create_contacts_for_emails`] reads back from its insert
+/// (`RETURNING`) at most; above it, one lookup after costs less than a row
+/// per contact crossing from SQLite's connection thread.
+const RETURN_CREATED_AT_MOST: usize = 32;
+
 /// Create lead contacts for `emails` of `tenant` (skipping any that appeared
 /// meanwhile) and return every email's contact id.
 async fn create_contacts_for_emails(
@@ -366,11 +371,16 @@ async fn create_contacts_for_emails(
     emails: &[&str],
     now: i64,
 ) -> Result<HashMap<String, String>> {
+    // A few new contacts come back from the insert itself, a statement
+    // fewer; many are looked up after, in one row (see `lookup_ids`).
+    let returning = emails.len() <= RETURN_CREATED_AT_MOST;
+    let mut created = HashMap::with_capacity(emails.len());
     for (start, len) in pow2_chunks(emails.len(), MAX_ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO contacts (id, tenant_id, email, lifecycle_stage, score, properties, created_at, updated_at) \
-             VALUES {} ON CONFLICT (tenant_id, email) DO NOTHING",
-            Params::new(backend).rows(len, 8)
+             VALUES {} ON CONFLICT (tenant_id, email) DO NOTHING{}",
+            Params::new(backend).rows(len, 8),
+            if returning { " RETURNING email, id" } else { "" }
         );
         let ids: Vec<String> = (0..len).map(|_| new_id()).collect();
         let mut q = sqlx::query(&sql);
@@ -378,9 +388,19 @@ async fn create_contacts_for_emails(
             q = q.bind(id.as_str()).bind(tenant).bind(*email).bind(DEFAULT_STAGE).bind(0.0f64).bind("{}");
             q = q.bind(now).bind(now);
         }
-        q.execute(&mut *conn).await?;
+        if returning {
+            for row in q.fetch_all(&mut *conn).await? {
+                created.insert(row.try_get::<String, _>("email")?, row.try_get::<String, _>("id")?);
+            }
+        } else {
+            q.execute(&mut *conn).await?;
+        }
     }
-    lookup_ids(conn, backend, "contacts", "email", Some(tenant), emails).await
+    // Those not inserted were inserted meanwhile by another transaction
+    // (PostgreSQL): look them up.
+    let rest: Vec<&str> = emails.iter().copied().filter(|e| !created.contains_key(*e)).collect();
+    created.extend(lookup_ids(conn, backend, "contacts", "email", Some(tenant), &rest).await?);
+    Ok(created)
 }
 
 /// Add the insert arguments of one event, in [`INSERT_COLUMNS`] order.

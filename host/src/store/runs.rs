@@ -403,7 +403,8 @@ pub(crate) async fn enroll_if_present(
     Ok(Some(outcome))
 }
 
-/// Whether a run of `e`'s workflow was enrolled under `e`'s key.
+/// Whether a run of `e`'s workflow was enrolled under `e`'s key (when the
+/// rules are not otherwise read: `enroll_one` asks in its rules query).
 async fn key_used(conn: &mut AnyConnection, e: &Enrollment) -> Result<bool> {
     let found = sqlx::query(
         "SELECT 1 AS one FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 AND enrollment_key = $3",
@@ -421,16 +422,18 @@ async fn key_used(conn: &mut AnyConnection, e: &Enrollment) -> Result<bool> {
 /// waiting run is inserted leased until `lease_until` (real time) when
 /// given: the caller advances it itself, and no claim may take it meanwhile.
 async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment, lease_until: Option<i64>) -> Result<EnrollOutcome> {
-    if key_used(conn, e).await? {
-        return Ok(EnrollOutcome::Duplicate);
-    }
-    // Everything the rules need about the contact's earlier runs, in one
-    // pass over the (tenant, workflow, contact, enrolled_at) index.
+    // Everything the rules need, in one statement (one round trip to
+    // SQLite's connection thread, which costs more than the lookups): whether
+    // the key was used (the (tenant, workflow, key) index) and the contact's
+    // earlier runs (one pass over the (tenant, workflow, contact,
+    // enrolled_at) index).
     let row = sqlx::query(
         "SELECT COUNT(*) AS total, \
          CAST(COALESCE(SUM(CASE WHEN status = 'waiting' THEN 1 ELSE 0 END), 0) AS BIGINT) AS waiting, \
          MAX(enrolled_at) AS latest, \
-         CAST(COALESCE(SUM(CASE WHEN enrolled_at > $4 AND enrolled_at <= $5 THEN 1 ELSE 0 END), 0) AS BIGINT) AS today \
+         CAST(COALESCE(SUM(CASE WHEN enrolled_at > $4 AND enrolled_at <= $5 THEN 1 ELSE 0 END), 0) AS BIGINT) AS today, \
+         CAST(CASE WHEN EXISTS (SELECT 1 FROM workflow_runs \
+             WHERE tenant_id = $1 AND workflow_id = $2 AND enrollment_key = $6) THEN 1 ELSE 0 END AS BIGINT) AS key_used \
          FROM workflow_runs WHERE tenant_id = $1 AND workflow_id = $2 AND contact_id = $3",
     )
     .bind(&e.tenant_id)
@@ -438,8 +441,13 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment, lease_until: Optio
     .bind(&e.contact_id)
     .bind(e.at - DAY_MS)
     .bind(e.at)
+    .bind(&e.enrollment_key)
     .fetch_one(&mut *conn)
     .await?;
+    let key_used: i64 = row.try_get("key_used")?;
+    if key_used != 0 {
+        return Ok(EnrollOutcome::Duplicate);
+    }
     let total: i64 = row.try_get("total")?;
     let waiting: i64 = row.try_get("waiting")?;
     let latest: Option<i64> = row.try_get("latest")?;

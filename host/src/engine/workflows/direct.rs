@@ -33,7 +33,17 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::Workflows;
-use crate::store::Run;
+use crate::store::{Event, Run};
+
+/// A run handed over, with its trigger event when the pipeline's lane had
+/// it: the runner then need not read it again.
+pub struct HandedRun {
+    /// The run, enrolled leased.
+    pub run: Run,
+    /// Its trigger event, as the lane read it (marked processed: the commit
+    /// that enrolled the run processed it).
+    pub trigger: Option<Event>,
+}
 
 /// Handed-over runs of one tenant advanced at once (the tenant's runner
 /// lane has as many of its own).
@@ -67,7 +77,7 @@ struct State {
 struct Handed {
     /// Waiting for one of the tenant's [`HANDED_AT_ONCE`] places, with when
     /// they were handed over.
-    queued: VecDeque<(Instant, Run)>,
+    queued: VecDeque<(Instant, HandedRun)>,
     /// Being advanced.
     running: usize,
 }
@@ -85,14 +95,15 @@ impl State {
     }
 
     /// Queue `runs`; returns their tenants.
-    fn queue(&mut self, runs: Vec<Run>, now: Instant) -> Vec<String> {
+    fn queue(&mut self, runs: Vec<HandedRun>, now: Instant) -> Vec<String> {
         let mut tenants: Vec<String> = Vec::new();
         self.total += runs.len();
-        for run in runs {
-            if !tenants.contains(&run.tenant_id) {
-                tenants.push(run.tenant_id.clone());
+        for handed in runs {
+            let tenant = &handed.run.tenant_id;
+            if !tenants.contains(tenant) {
+                tenants.push(tenant.clone());
             }
-            self.tenants.entry(run.tenant_id.clone()).or_default().queued.push_back((now, run));
+            self.tenants.entry(tenant.clone()).or_default().queued.push_back((now, handed));
         }
         tenants
     }
@@ -100,7 +111,7 @@ impl State {
     /// Take `tenant`'s queued runs into its free places, dropping those
     /// queued longer than `stale_after`; returns the runs to start and how
     /// many were dropped.
-    fn start(&mut self, tenant: &str, stale_after: Duration) -> (Vec<Run>, usize) {
+    fn start(&mut self, tenant: &str, stale_after: Duration) -> (Vec<HandedRun>, usize) {
         let (mut start, mut stale) = (Vec::new(), 0);
         let Some(handed) = self.tenants.get_mut(tenant) else { return (start, stale) };
         while handed.running < HANDED_AT_ONCE {
@@ -187,7 +198,7 @@ impl Workflows {
     /// Advance `runs`, enrolled leased after [`Workflows::may_hand_over`]
     /// said yes, in this process: at once while their tenant has places,
     /// queued otherwise.
-    pub fn hand_over(self: &Arc<Self>, runs: Vec<Run>) {
+    pub fn hand_over(self: &Arc<Self>, runs: Vec<HandedRun>) {
         if runs.is_empty() {
             return;
         }
@@ -224,11 +235,11 @@ impl Workflows {
         }
         let Ok(mut tasks) = self.direct.tasks.lock() else { return };
         while tasks.try_join_next().is_some() {}
-        for run in start {
+        for HandedRun { run, trigger } in start {
             let place = Place { workflows: self.clone(), tenant: tenant.to_string() };
             tasks.spawn(async move {
                 let id = run.id.clone();
-                if let Err(e) = place.workflows.advance(run).await {
+                if let Err(e) = place.workflows.advance_with(run, trigger).await {
                     // The lease runs out and the run is claimed again.
                     tracing::warn!(run = %id, "advancing a handed-over run failed: {e}");
                 }
@@ -267,8 +278,8 @@ mod tests {
         }
     }
 
-    fn runs(tenant: &str, n: usize) -> Vec<Run> {
-        (0..n).map(|i| run(tenant, i)).collect()
+    fn runs(tenant: &str, n: usize) -> Vec<HandedRun> {
+        (0..n).map(|i| HandedRun { run: run(tenant, i), trigger: None }).collect()
     }
 
     const FRESH: Duration = Duration::from_secs(60);
@@ -281,7 +292,7 @@ mod tests {
         assert_eq!((started.len(), stale), (HANDED_AT_ONCE, 0));
         assert!(state.start("a", FRESH).0.is_empty(), "no place free");
         assert!(state.finished("a"), "two still queued");
-        assert_eq!(state.start("a", FRESH).0.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a-16"]);
+        assert_eq!(state.start("a", FRESH).0.iter().map(|h| h.run.id.as_str()).collect::<Vec<_>>(), ["a-16"]);
         for _ in 0..HANDED_AT_ONCE {
             state.finished("a");
         }

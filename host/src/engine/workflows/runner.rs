@@ -28,7 +28,7 @@ use super::program::Program;
 use super::{Workflows, time};
 use crate::engine::actions::{self, ActionCall};
 use crate::runtime::{CallError, CallScope, FailureCause};
-use crate::store::{self, Contact, InvocationRecord, Run, RunProgress, RunStep, StoreError};
+use crate::store::{self, Contact, Event, InvocationRecord, Run, RunProgress, RunStep, StoreError};
 
 /// Statuses a run ends in.
 pub const COMPLETED: &str = "completed";
@@ -57,7 +57,14 @@ enum Outcome {
 
 impl Workflows {
     /// Advance `run` as far as it goes now.
-    pub async fn advance(self: &Arc<Self>, mut run: Run) -> Result<(), StoreError> {
+    pub async fn advance(self: &Arc<Self>, run: Run) -> Result<(), StoreError> {
+        self.advance_with(run, None).await
+    }
+
+    /// [`Workflows::advance`], given the run's trigger event when the caller
+    /// has it (the pipeline's lane read it, `engine::workflows::direct`): one
+    /// read fewer. Another event than the run's trigger is not used.
+    pub(crate) async fn advance_with(self: &Arc<Self>, mut run: Run, known: Option<Event>) -> Result<(), StoreError> {
         let tenant = run.tenant_id.clone();
         let Some(program) = self.program(&tenant, &run.workflow_id, run.version).await? else {
             return self.finish(&run, CANCELLED, Some("the workflow version is gone")).await;
@@ -68,9 +75,10 @@ impl Workflows {
         if let Some(goal) = self.goal_met(&program, &contact, &run).await? {
             return self.exit_on_goal(&run, &goal).await;
         }
-        let trigger_event = match &run.trigger_event_id {
-            Some(id) => self.store.get_event(&tenant, id).await?,
-            None => None,
+        let trigger_event = match (&run.trigger_event_id, known) {
+            (Some(id), Some(event)) if event.id == *id => Some(event),
+            (Some(id), _) => self.store.get_event(&tenant, id).await?,
+            (None, _) => None,
         };
         // Records of decision steps (if, split, a delay's end) wait here and
         // are saved with the next action, wait or end: repeating them after a
