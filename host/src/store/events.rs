@@ -300,19 +300,63 @@ async fn lookup_ids(
     tenant: Option<&str>,
     values: &[&str],
 ) -> Result<HashMap<String, String>> {
+    Ok(lookup_ids_checking(conn, backend, table, column, tenant, values, false).await?.0)
+}
+
+/// [`lookup_ids`] within `tenant`, and whether the tenant exists, asked in
+/// the same statement (one round trip fewer for the intake's email
+/// lookups, which must know it before they create contacts). `values` must
+/// not be empty.
+async fn lookup_ids_in_tenant(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    table: &str,
+    column: &str,
+    tenant: &str,
+    values: &[&str],
+) -> Result<(HashMap<String, String>, bool)> {
+    lookup_ids_checking(conn, backend, table, column, Some(tenant), values, true).await
+}
+
+async fn lookup_ids_checking(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    table: &str,
+    column: &str,
+    tenant: Option<&str>,
+    values: &[&str],
+    check_tenant: bool,
+) -> Result<(HashMap<String, String>, bool)> {
     let pairs = match backend {
         Backend::Sqlite => format!("json_group_array(json_array({column}, id))"),
         Backend::Postgres => format!("json_agg(json_build_array({column}, id))::text"),
     };
     let mut found = HashMap::with_capacity(values.len());
-    for (start, len) in pow2_chunks(values.len(), MAX_IN_LIST) {
+    let mut tenant_known = false;
+    for (n, (start, len)) in pow2_chunks(values.len(), MAX_IN_LIST).into_iter().enumerate() {
         let mut p = Params::new(backend);
+        // The first chunk asks (placeholders are bound in the order they
+        // appear: this one first).
+        let ask = match tenant {
+            Some(t) if check_tenant && n == 0 => Some(t),
+            _ => None,
+        };
+        let known = match ask {
+            Some(_) => format!(
+                ", CAST(CASE WHEN EXISTS (SELECT 1 FROM tenants WHERE id = {}) THEN 1 ELSE 0 END AS BIGINT) AS known",
+                p.one()
+            ),
+            None => String::new(),
+        };
         let filter = match tenant {
             Some(_) => format!("tenant_id = {} AND ", p.one()),
             None => String::new(),
         };
-        let sql = format!("SELECT {pairs} AS pairs FROM {table} WHERE {filter}{column} IN ({})", p.list(len));
+        let sql = format!("SELECT {pairs} AS pairs{known} FROM {table} WHERE {filter}{column} IN ({})", p.list(len));
         let mut q = sqlx::query(&sql);
+        if let Some(t) = ask {
+            q = q.bind(t);
+        }
         if let Some(t) = tenant {
             q = q.bind(t);
         }
@@ -320,6 +364,9 @@ async fn lookup_ids(
             q = q.bind(*v);
         }
         let row = q.fetch_one(&mut *conn).await?;
+        if ask.is_some() {
+            tenant_known = row.try_get::<i64, _>("known")? != 0;
+        }
         // PostgreSQL aggregates no rows to NULL, SQLite to `[]`.
         if let Some(json) = row.try_get::<Option<String>, _>("pairs")? {
             let pairs: Vec<(String, String)> =
@@ -327,7 +374,7 @@ async fn lookup_ids(
             found.extend(pairs);
         }
     }
-    Ok(found)
+    Ok((found, tenant_known))
 }
 
 /// Stored events of `tenant` by idempotency key, for the given keys (on the
@@ -579,14 +626,6 @@ impl Store {
                 };
             }
         }
-        // A contact found in the tenant proves the tenant exists; only email
-        // events, which may create contacts, need the tenant checked.
-        if !emails.is_empty() && lookup_ids(conn, self.backend, "tenants", "id", None, &[tenant]).await?.is_empty() {
-            for &i in idxs {
-                reqs[i].failed = Some(StoreError::UnknownTenant(tenant.to_owned()));
-            }
-            return Ok(());
-        }
         let ids: Vec<&str> = ids.into_iter().collect();
         let found_ids = lookup_ids(conn, self.backend, "contacts", "id", Some(tenant), &ids).await?;
         for &i in idxs {
@@ -610,7 +649,18 @@ impl Store {
             }
             set.into_iter().collect()
         };
-        let mut by_email = lookup_ids(conn, self.backend, "contacts", "email", Some(tenant), &emails).await?;
+        // A contact found in the tenant proves the tenant exists; email
+        // events, which may create contacts, ask for it with their lookup.
+        let (mut by_email, tenant_known) = match emails.is_empty() {
+            true => (HashMap::new(), true),
+            false => lookup_ids_in_tenant(conn, self.backend, "contacts", "email", tenant, &emails).await?,
+        };
+        if !tenant_known {
+            for &i in idxs {
+                reqs[i].failed = Some(StoreError::UnknownTenant(tenant.to_owned()));
+            }
+            return Ok(());
+        }
         // Sorted, like event keys: concurrent inserts of overlapping emails
         // then lock in one order.
         let mut missing: Vec<&str> = emails.iter().copied().filter(|m| !by_email.contains_key(*m)).collect();
