@@ -303,21 +303,10 @@ async fn lookup_ids(
     Ok(lookup_ids_checking(conn, backend, table, column, tenant, values, false).await?.0)
 }
 
-/// [`lookup_ids`] within `tenant`, and whether the tenant exists, asked in
-/// the same statement (one round trip fewer for the intake's email
-/// lookups, which must know it before they create contacts). `values` must
-/// not be empty.
-async fn lookup_ids_in_tenant(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    table: &str,
-    column: &str,
-    tenant: &str,
-    values: &[&str],
-) -> Result<(HashMap<String, String>, bool)> {
-    lookup_ids_checking(conn, backend, table, column, Some(tenant), values, true).await
-}
-
+/// [`lookup_ids`]; with `check_tenant`, also whether `tenant` exists,
+/// asked in the same statement (one round trip fewer for the intake's email
+/// lookups, which must know it before they create contacts; `values` must
+/// then not be empty, or nothing is asked and the answer is `false`).
 async fn lookup_ids_checking(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -653,7 +642,7 @@ impl Store {
         // events, which may create contacts, ask for it with their lookup.
         let (mut by_email, tenant_known) = match emails.is_empty() {
             true => (HashMap::new(), true),
-            false => lookup_ids_in_tenant(conn, self.backend, "contacts", "email", tenant, &emails).await?,
+            false => lookup_ids_checking(conn, self.backend, "contacts", "email", Some(tenant), &emails, true).await?,
         };
         if !tenant_known {
             for &i in idxs {
