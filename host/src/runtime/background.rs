@@ -73,10 +73,21 @@ pub fn handle() -> Option<Handle> {
         .map(|runtime| runtime.handle().clone())
 }
 
+/// As many threads as the process has CPU turns (one fewer than the
+/// cores): a thread per core would let the calls placed here run wasm on
+/// every core at once (a long call in its turn beside the first ticks of
+/// others, which need no turn, see `cpu_turns`), and an idle-class thread
+/// still costs the normal ones on its core: each wakeup preempts it, and it
+/// holds the core's caches and the kernel's locks of the process (a memory
+/// hog's page faults). Measured with `cairn bench --noisy-only --rounds 3`,
+/// alternating builds (7 rounds each): B's p99 beside A's burning plugins,
+/// per round, median 12.4 ms (10 of 14 rounds at most 12.7) against
+/// 13.5 ms (4 of 12) with a thread per core; the flood and waiting
+/// phases alike.
 fn build() -> std::io::Result<Runtime> {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
+        .worker_threads(super::cpu_turns::process_turns(cores))
         .thread_name("cairn-background")
         .on_thread_start(lower_priority)
         .enable_all()
@@ -124,6 +135,18 @@ fn idle_policy() -> std::io::Result<()> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    #[test]
+    fn the_background_runtime_has_a_thread_per_process_cpu_turn() {
+        super::handle().expect("the background runtime starts");
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        let named = std::fs::read_dir("/proc/self/task")
+            .expect("the process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "cairn-backgroun")
+            .count();
+        assert_eq!(named, crate::runtime::cpu_turns::process_turns(cores));
+    }
+
     #[test]
     fn background_threads_run_at_the_lowest_priority() {
         let handle = super::handle().expect("the background runtime starts");

@@ -82,6 +82,12 @@ pub fn is_long(since_resumed: Option<Duration>, fuel_burnt: u64) -> bool {
 /// tenant whose plugin was fixed runs at normal priority again soon.
 pub const BURNT_LATELY: Duration = Duration::from_secs(10);
 
+/// How many long calls of all tenants run at once on a machine with
+/// `cores` cores: one fewer than the cores, at least one.
+pub fn process_turns(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
 /// The process's and the tenants' turns.
 #[derive(Debug)]
 pub struct CpuTurns {
@@ -110,7 +116,7 @@ impl CpuTurns {
     /// Turns for a machine with `cores` cores: `cores - 1` for the process
     /// (at least one), half of those per tenant (at least one).
     pub fn for_cores(cores: usize) -> CpuTurns {
-        let process = cores.saturating_sub(1).max(1);
+        let process = process_turns(cores);
         CpuTurns {
             process: Arc::new(Semaphore::new(process)),
             per_tenant: (process / 2).max(1),

@@ -15,12 +15,13 @@
 //!
 //! How: the first writer of a tenant to arrive starts a leader task, which
 //! waits for the tenant's turn at the write gate (fairly, as any of the
-//! tenant's writes would: `store::write_gate`) and then takes every write
-//! of the tenant queued by then, up to [`MAX_GROUP`], into one transaction,
-//! each in a savepoint of its own (a write alone needs none): a write that
-//! fails is rolled back alone and its caller gets its error; the others
-//! commit. The leader goes on while writes keep arriving, and ends when
-//! none is queued. It is a task of its own, not the first caller's future,
+//! tenant's writes would: `store::write_gate`) and then takes the tenant's
+//! queued writes into one transaction, one after the other, each in a
+//! savepoint of its own (a write alone needs none): a write that fails is
+//! rolled back alone and its caller gets its error; the others commit. It
+//! stops taking writes when none is queued, at [`MAX_GROUP`], or when the
+//! turn has lasted [`TURN_BUDGET`], commits, and queues for another turn if
+//! writes are left; it ends when none is. It is a task of its own, not the first caller's future,
 //! so a caller that stops waiting strands nobody (its write still lands,
 //! like a commit already sent).
 //!
@@ -31,6 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sqlx::AnyConnection;
 use tokio::sync::oneshot;
@@ -38,10 +40,19 @@ use tokio::sync::oneshot;
 use crate::store::write_gate::Writer;
 use crate::store::{Result, Store, StoreError};
 
-/// Writes one transaction takes at most: a group's turn stays short (a
-/// run save's statements cost ~0.1 ms), so another tenant's write waits
-/// for it no longer than for one of the big writes it already waits for.
+/// Writes one transaction takes at most.
 const MAX_GROUP: usize = 32;
+
+/// How long a group's turn goes on taking writes: a turn is what every
+/// other tenant's write waits behind, whatever is in it. Each grouped write
+/// is a savepoint and a run save's few statements, each a round trip to
+/// SQLite's connection thread (~50–100 µs on the 2-core VM), so sixteen run
+/// saves in one turn held the writer for 5–18 ms: traced in `cairn bench
+/// --noisy-only` (`RUST_LOG=cairn::store=trace`), the tail of tenant A's
+/// turns, while tenant B's own turns were 0.6 ms at the median and 2 ms at
+/// the 99th percentile. One millisecond still takes two to four run saves
+/// a turn, most of the saving, and hands the writer to the others between.
+const TURN_BUDGET: Duration = Duration::from_millis(1);
 
 /// One write: statements run on the group's connection, inside its
 /// transaction. It must not commit or roll back.
@@ -66,6 +77,8 @@ struct Pending<T> {
 /// in the map exactly while its leader runs).
 pub(crate) struct Coalescer<T> {
     queues: Mutex<HashMap<String, VecDeque<Pending<T>>>>,
+    /// [`TURN_BUDGET`], but for tests.
+    budget: Duration,
 }
 
 impl<T> std::fmt::Debug for Coalescer<T> {
@@ -76,11 +89,23 @@ impl<T> std::fmt::Debug for Coalescer<T> {
 
 impl<T> Default for Coalescer<T> {
     fn default() -> Self {
-        Coalescer { queues: Mutex::new(HashMap::new()) }
+        Coalescer::with_budget(TURN_BUDGET)
+    }
+}
+
+impl<T> Coalescer<T> {
+    /// A coalescer whose groups take writes for `budget` of their turn.
+    fn with_budget(budget: Duration) -> Self {
+        Coalescer { queues: Mutex::new(HashMap::new()), budget }
     }
 }
 
 impl<T: Send + 'static> Coalescer<T> {
+    /// The tenant's next queued write.
+    fn next(&self, tenant: &str) -> Option<Pending<T>> {
+        self.lock().get_mut(tenant).and_then(VecDeque::pop_front)
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Pending<T>>>> {
         // Every critical section leaves the map consistent.
         self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -108,19 +133,9 @@ impl<T: Send + 'static> Coalescer<T> {
     async fn lead(self: Arc<Self>, store: Store, tenant: String) {
         let mut leading = Leading { coalescer: self.clone(), tenant: tenant.clone(), done: false };
         loop {
-            let turn = store.write_gate_for(Writer::Tenant(&tenant)).await;
-            let group: Vec<Pending<T>> = {
-                let mut queues = self.lock();
-                let Some(queue) = queues.get_mut(&tenant) else {
-                    leading.done = true;
-                    return;
-                };
-                let n = queue.len().min(MAX_GROUP);
-                queue.drain(..n).collect()
-            };
-            match turn {
-                Ok(turn) => write_group(&store, turn, group).await,
-                Err(e) => answer_all(group, &e),
+            match store.write_gate_for(Writer::Tenant(&tenant)).await {
+                Ok(turn) => self.write_group(&store, turn, &tenant).await,
+                Err(e) => answer_all(self.take_group(&tenant, Vec::new()), &e),
             }
             let mut queues = self.lock();
             if queues.get(&tenant).is_none_or(VecDeque::is_empty) {
@@ -128,6 +143,66 @@ impl<T: Send + 'static> Coalescer<T> {
                 leading.done = true;
                 return;
             }
+        }
+    }
+
+    /// Up to [`MAX_GROUP`] of the tenant's queued writes after `taken`,
+    /// for a group that fails as one.
+    fn take_group(&self, tenant: &str, mut taken: Vec<Pending<T>>) -> Vec<Pending<T>> {
+        if let Some(queue) = self.lock().get_mut(tenant) {
+            let n = queue.len().min(MAX_GROUP.saturating_sub(taken.len()));
+            taken.extend(queue.drain(..n));
+        }
+        taken
+    }
+
+    /// One transaction for the tenant's queued writes, taken one after the
+    /// other while the turn lasts (see [`TURN_BUDGET`]), each in a savepoint
+    /// when it has company; every caller gets its own result, or the
+    /// transaction's failure. Writes left queued wait for the next turn.
+    async fn write_group(&self, store: &Store, turn: super::WriteTurn, tenant: &str) {
+        let Some(first) = self.next(tenant) else { return };
+        let started = Instant::now();
+        let mut tx = match store.begin_write_in(turn).await {
+            Ok(tx) => tx,
+            // The writes queued behind would meet the same trouble, each
+            // after its own wait (a busy timeout, say).
+            Err(e) => return answer_all(self.take_group(tenant, vec![first]), &e),
+        };
+        if self.lock().get(tenant).is_none_or(VecDeque::is_empty) {
+            // A write alone needs no savepoint: the transaction is its own,
+            // and rolling it back is rolling the write back. Two statements
+            // fewer, each a round trip to the connection's thread inside the
+            // turn; in a steady load most groups are of one.
+            let result = (first.job)(&mut tx).await;
+            let result = match result {
+                Ok(value) => tx.commit().await.map(|()| value).map_err(|e| group_failed(&e.to_string())),
+                Err(e) => {
+                    // Dropping the transaction would roll it back too, later.
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            };
+            let _ = first.done.send(result);
+            return;
+        }
+        let mut results = Vec::new();
+        let mut next = Some(first);
+        while let Some(pending) = next {
+            let result = in_savepoint(&mut tx, pending.job).await;
+            results.push((pending.done, result));
+            let more = results.len() < MAX_GROUP && started.elapsed() < self.budget;
+            next = if more { self.next(tenant) } else { None };
+        }
+        if let Err(e) = tx.commit().await {
+            let message = e.to_string();
+            for (done, result) in results {
+                let _ = done.send(result.and(Err(group_failed(&message))));
+            }
+            return;
+        }
+        for (done, result) in results {
+            let _ = done.send(result);
         }
     }
 }
@@ -148,49 +223,6 @@ impl<T: Send + 'static> Drop for Leading<T> {
         if !self.done {
             self.coalescer.lock().remove(&self.tenant);
         }
-    }
-}
-
-/// One transaction for `group`, each write in a savepoint when it has
-/// company; every caller gets its own result, or the transaction's failure.
-async fn write_group<T>(store: &Store, turn: super::WriteTurn, mut group: Vec<Pending<T>>) {
-    let mut tx = match store.begin_write_in(turn).await {
-        Ok(tx) => tx,
-        Err(e) => return answer_all(group, &e),
-    };
-    if group.len() == 1
-        && let Some(alone) = group.pop()
-    {
-        // A write alone needs no savepoint: the transaction is its own, and
-        // rolling it back is rolling the write back. Two statements fewer,
-        // each a round trip to the connection's thread inside the turn; in
-        // a steady load most groups are of one.
-        let result = (alone.job)(&mut tx).await;
-        let result = match result {
-            Ok(value) => tx.commit().await.map(|()| value).map_err(|e| group_failed(&e.to_string())),
-            Err(e) => {
-                // Dropping the transaction would roll it back too, later.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        };
-        let _ = alone.done.send(result);
-        return;
-    }
-    let mut results = Vec::with_capacity(group.len());
-    for p in group {
-        let result = in_savepoint(&mut tx, p.job).await;
-        results.push((p.done, result));
-    }
-    if let Err(e) = tx.commit().await {
-        let message = e.to_string();
-        for (done, result) in results {
-            let _ = done.send(result.and(Err(group_failed(&message))));
-        }
-        return;
-    }
-    for (done, result) in results {
-        let _ = done.send(result);
     }
 }
 
@@ -245,12 +277,20 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn writes_queued_together_share_one_turn_and_a_failing_one_is_rolled_back_alone() {
+    /// A store on a new SQLite file, with the table [`insert`] writes to.
+    async fn store_with_table() -> (TempSqlite, Store) {
         let db = TempSqlite::new();
         let store = Store::open(&db.url()).await.unwrap();
         sqlx::query("CREATE TABLE grouped (n INTEGER NOT NULL)").execute(&store.pool).await.unwrap();
-        let (gate, groups) = (store.write_gate.clone().unwrap(), store.groups.clone().unwrap());
+        (db, store)
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_share_one_turn_and_a_failing_one_is_rolled_back_alone() {
+        let (_db, store) = store_with_table().await;
+        let gate = store.write_gate.clone().unwrap();
+        // However long the ten writes take (an unoptimised build), one turn.
+        let groups = Arc::new(Coalescer::<()>::with_budget(Duration::from_secs(3600)));
 
         // The tenant's turn is taken: its writes queue meanwhile.
         let held = store.write_gate_for(Writer::Tenant("t")).await.unwrap();
@@ -258,9 +298,9 @@ mod tests {
         let mut writes = tokio::task::JoinSet::new();
         for n in 0..10 {
             let (store, groups) = (store.clone(), groups.clone());
-            writes.spawn(async move { (n, groups.invocations.write(&store, "t", insert(n)).await) });
+            writes.spawn(async move { (n, groups.write(&store, "t", insert(n)).await) });
         }
-        let queued = || groups.invocations.lock().get("t").map_or(0, VecDeque::len);
+        let queued = || groups.lock().get("t").map_or(0, VecDeque::len);
         for _ in 0..5_000 {
             if queued() == 10 {
                 break;
@@ -278,18 +318,54 @@ mod tests {
         let stored: Vec<i64> =
             sqlx::query_scalar("SELECT n FROM grouped ORDER BY n").fetch_all(&store.pool).await.unwrap();
         assert_eq!(stored, [0, 1, 2, 4, 5, 6, 7, 8, 9], "the failed write alone was rolled back");
-        assert!(groups.invocations.lock().is_empty(), "the leader ended with its queue");
+        assert!(groups.lock().is_empty(), "the leader ended with its queue");
 
         // The next write starts a new leader.
-        groups.invocations.write(&store, "t", insert(10)).await.unwrap();
+        groups.write(&store, "t", insert(10)).await.unwrap();
         assert_eq!(gate.turns() - before, 2);
     }
 
     #[tokio::test]
+    async fn a_group_takes_no_more_writes_once_its_turn_has_lasted_its_budget() {
+        let (_db, store) = store_with_table().await;
+        let gate = store.write_gate.clone().unwrap();
+        // A budget every write overruns: each turn takes one write.
+        let groups = Arc::new(Coalescer::<()>::with_budget(Duration::ZERO));
+
+        // The writer is taken (for no tenant): t's four writes queue, then
+        // u's one.
+        let held = store.write_gate().await.unwrap();
+        let before = gate.turns();
+        let mut writes = tokio::task::JoinSet::new();
+        for (tenant, n) in [("t", 0), ("t", 1), ("t", 2), ("t", 4), ("u", 10)] {
+            let (store, groups) = (store.clone(), groups.clone());
+            writes.spawn(async move { groups.write(&store, tenant, insert(n)).await });
+        }
+        let queued = || groups.lock().values().map(VecDeque::len).sum::<usize>();
+        // Every write queued, and both tenants' leaders wait at the gate.
+        for _ in 0..5_000 {
+            if queued() == 5 && gate.turns() - before == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!((queued(), gate.turns() - before), (5, 2));
+        drop(held);
+        while let Some(done) = writes.join_next().await {
+            done.unwrap().unwrap();
+        }
+
+        let stored: Vec<i64> =
+            sqlx::query_scalar("SELECT n FROM grouped ORDER BY rowid").fetch_all(&store.pool).await.unwrap();
+        // t's first turn took one write, not four: u's write went next
+        // (t had used the writer, u not yet), then t's others.
+        assert_eq!(stored, [0, 10, 1, 2, 4]);
+        assert!(groups.lock().is_empty(), "both leaders ended with their queues");
+    }
+
+    #[tokio::test]
     async fn a_write_alone_commits_or_rolls_back_and_frees_the_writer() {
-        let db = TempSqlite::new();
-        let store = Store::open(&db.url()).await.unwrap();
-        sqlx::query("CREATE TABLE grouped (n INTEGER NOT NULL)").execute(&store.pool).await.unwrap();
+        let (_db, store) = store_with_table().await;
         let groups = store.groups.clone().unwrap();
 
         groups.invocations.write(&store, "t", insert(1)).await.unwrap();
