@@ -25,9 +25,10 @@
 //! spinning on a 2-core machine, a well-behaved tenant's p99 was 8–15 times
 //! its p99 alone.
 //!
-//! A tenant with a long call in the last [`BURNT_LATELY`] has *burnt CPU
-//! lately* ([`CpuTurns::burnt_lately`]): its plugin calls run on the
-//! background runtime, at the lowest priority (`super::background`).
+//! A tenant with a call in the last [`BURNT_LATELY`] that was long at
+//! [`TICKS_TO_BURN`] ticks has *burnt CPU lately*
+//! ([`CpuTurns::burnt_lately`]): its plugin calls run on the background
+//! runtime, at the lowest priority (`super::background`).
 //!
 //! A turn lasts one tick even when the call leaves wasm meanwhile (a long
 //! call that then waits in a host call, e.g. for an HTTP answer, gives its
@@ -36,7 +37,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +77,20 @@ pub fn is_long(since_resumed: Option<Duration>, fuel_burnt: u64) -> bool {
     ran_through && (fuel_burnt == 0 || fuel_burnt >= LONG_CALL_FUEL)
 }
 
+/// How many ticks a call must be long at before its tenant counts as
+/// having burnt CPU lately. One is not enough evidence: a well-behaved
+/// call the OS preempted in the middle of its wasm, on a busy 2-core
+/// machine, runs through a tick on the clock, and a scorer over a contact
+/// with many events burns 100,000 fuel in the slice it got, as much as the
+/// memory hog in a tick. Seen in `cairn bench --noisy-only` (the log line
+/// below names the tenant): tenant B's scorer was found long once, in one
+/// round of four, and its calls then spent 10 s at the lowest priority
+/// beside A's runaway plugins: B's p99 in that round 33 ms against 11–14 ms
+/// in the others. A runaway call is long at every tick, so it reaches three
+/// within 6 ms; a preempted call would have to be found long at three
+/// ticks in a row.
+pub const TICKS_TO_BURN: u32 = 3;
+
 /// How long after its last long call a tenant counts as having burnt CPU
 /// lately: long enough to cover the pauses of a runaway plugin's retries
 /// (its calls end at their deadline and come back), short enough that a
@@ -99,6 +114,8 @@ pub struct CpuTurns {
 /// One tenant's turns, and when one of its calls last ran long.
 #[derive(Debug)]
 struct TenantTurns {
+    /// The tenant's id, for the log.
+    id: String,
     turns: Arc<Semaphore>,
     last_long: Mutex<Option<Instant>>,
     /// Calls of the tenant run on the background runtime, since the start.
@@ -144,6 +161,7 @@ impl CpuTurns {
                     .entry(tenant.to_string())
                     .or_insert_with(|| {
                         Arc::new(TenantTurns {
+                            id: tenant.to_string(),
                             turns: Arc::new(Semaphore::new(self.per_tenant)),
                             last_long: Mutex::default(),
                             background_calls: AtomicU64::new(0),
@@ -152,7 +170,7 @@ impl CpuTurns {
                     .clone(),
             }
         };
-        CallTurns { tenant, process: self.process.clone(), turn: Mutex::default() }
+        CallTurns { tenant, process: self.process.clone(), turn: Mutex::default(), long_ticks: AtomicU32::new(0) }
     }
 
     /// Whether a call of `tenant` ran long (past an epoch tick in wasm)
@@ -181,6 +199,8 @@ pub struct CallTurns {
     process: Arc<Semaphore>,
     /// The turn held now; the timer that ends it after one tick holds it too.
     turn: Mutex<Turn>,
+    /// Ticks this call was long at so far.
+    long_ticks: AtomicU32,
 }
 
 impl CallTurns {
@@ -194,14 +214,18 @@ impl CallTurns {
         self.tenant.background_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// At an epoch tick: give back the turn held, then (in the future
-    /// returned, which wasmtime awaits before running the guest on) wait
-    /// for the next one and yield to the other tasks.
+    /// At an epoch tick that found the call long: give back the turn held,
+    /// then (in the future returned, which wasmtime awaits before running
+    /// the guest on) wait for the next one and yield to the other tasks.
+    /// From its [`TICKS_TO_BURN`]th long tick on, the call marks its tenant
+    /// as having burnt CPU lately.
     pub fn next_turn(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let previous = std::mem::take(&mut *self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         release(&previous);
         let next = self.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        *self.tenant.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        if self.long_ticks.fetch_add(1, Ordering::Relaxed) + 1 >= TICKS_TO_BURN {
+            self.mark_burnt();
+        }
         let (tenant, process) = (self.tenant.turns.clone(), self.process.clone());
         Box::pin(async move {
             // The tenant's turn first: a tenant queues for the process's
@@ -216,6 +240,22 @@ impl CallTurns {
             }
             tokio::task::yield_now().await;
         })
+    }
+}
+
+impl CallTurns {
+    fn mark_burnt(&self) {
+        let mut last = self.tenant.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !last.is_some_and(|at| at.elapsed() < BURNT_LATELY) {
+            // Its calls move to the lowest priority: worth knowing when the
+            // tenant's latency jumps.
+            tracing::info!(
+                tenant = %self.tenant.id,
+                "a plugin call burnt CPU through {TICKS_TO_BURN} epoch ticks: the tenant's calls run at the lowest priority for {} s",
+                BURNT_LATELY.as_secs()
+            );
+        }
+        *last = Some(Instant::now());
     }
 }
 
@@ -291,8 +331,15 @@ mod tests {
         let turns = CpuTurns::for_cores(2);
         let call = turns.for_call("a");
         assert!(!turns.burnt_lately("a"), "a call that never reached a tick");
+        for tick in 1..TICKS_TO_BURN {
+            call.next_turn().await;
+            assert!(!turns.burnt_lately("a"), "long at {tick} ticks: not yet evidence");
+        }
+        // Another call's long ticks do not add up with these.
+        turns.for_call("a").next_turn().await;
+        assert!(!turns.burnt_lately("a"));
         call.next_turn().await;
-        assert!(turns.burnt_lately("a"));
+        assert!(turns.burnt_lately("a"), "long at {TICKS_TO_BURN} ticks");
         assert!(!turns.burnt_lately("b"), "another tenant");
         tokio::time::advance(BURNT_LATELY).await;
         assert!(!turns.burnt_lately("a"), "no long call for a while");
