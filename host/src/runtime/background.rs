@@ -80,10 +80,10 @@ pub fn handle() -> Option<Handle> {
 /// still costs the normal ones on its core: each wakeup preempts it, and it
 /// holds the core's caches and the kernel's locks of the process (a memory
 /// hog's page faults). Measured with `cairn bench --noisy-only --rounds 3`,
-/// alternating builds (7 rounds each): B's p99 beside A's burning plugins,
-/// per round, median 12.4 ms (10 of 14 rounds at most 12.7) against
-/// 13.5 ms (4 of 12) with a thread per core; the flood and waiting
-/// phases alike.
+/// alternating builds: B's p99 beside A's burning plugins, per round,
+/// median 12.4 ms (10 of 14 rounds at most 12.7 ms) against 13.2 ms (5 of
+/// 12) with a thread per core: a small gain, within the noise of the
+/// ratios to B alone, kept because it is what the turns promise.
 fn build() -> std::io::Result<Runtime> {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
