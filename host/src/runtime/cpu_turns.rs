@@ -241,12 +241,13 @@ impl CallTurns {
             tokio::task::yield_now().await;
         })
     }
-}
 
-impl CallTurns {
+    /// Mark the call's tenant as having burnt CPU lately; log it when it
+    /// had not.
     fn mark_burnt(&self) {
-        let mut last = self.tenant.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !last.is_some_and(|at| at.elapsed() < BURNT_LATELY) {
+        let had = self.tenant.burnt_lately();
+        *self.tenant.last_long.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        if !had {
             // Its calls move to the lowest priority: worth knowing when the
             // tenant's latency jumps.
             tracing::info!(
@@ -255,7 +256,6 @@ impl CallTurns {
                 BURNT_LATELY.as_secs()
             );
         }
-        *last = Some(Instant::now());
     }
 }
 

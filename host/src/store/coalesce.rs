@@ -21,9 +21,9 @@
 //! rolled back alone and its caller gets its error; the others commit. It
 //! stops taking writes when none is queued, at [`MAX_GROUP`], or when the
 //! turn has lasted [`TURN_BUDGET`], commits, and queues for another turn if
-//! writes are left; it ends when none is. It is a task of its own, not the first caller's future,
-//! so a caller that stops waiting strands nobody (its write still lands,
-//! like a commit already sent).
+//! writes are left; it ends when none is. It is a task of its own, not the
+//! first caller's future, so a caller that stops waiting strands nobody (its
+//! write still lands, like a commit already sent).
 //!
 //! PostgreSQL has no one writer: there every write is its own transaction
 //! and nothing is queued here.
@@ -46,12 +46,13 @@ const MAX_GROUP: usize = 32;
 /// How long a group's turn goes on taking writes: a turn is what every
 /// other tenant's write waits behind, whatever is in it. Each grouped write
 /// is a savepoint and a run save's few statements, each a round trip to
-/// SQLite's connection thread (~50–100 µs on the 2-core VM), so sixteen run
-/// saves in one turn held the writer for 5–18 ms: traced in `cairn bench
-/// --noisy-only` (`RUST_LOG=cairn::store=trace`), the tail of tenant A's
-/// turns, while tenant B's own turns were 0.6 ms at the median and 2 ms at
-/// the 99th percentile. One millisecond still takes two to four run saves
-/// a turn, most of the saving, and hands the writer to the others between.
+/// SQLite's connection thread (~50–100 µs on the 2-core VM), so a group of
+/// a burst's writes holds the writer for milliseconds. Traced in `cairn
+/// bench --noisy-only --quick` (`RUST_LOG=cairn::store=trace`, one run
+/// each): tenant A's grouped turns 10.2 ms at the 99th percentile (18 ms
+/// at most) without this cap, 5.1 ms (14 ms) with it; tenant B's own turns
+/// 0.6–0.7 ms at the median. What is left of A's long turns is single
+/// writes whose round trips waited for a thread, not group size.
 const TURN_BUDGET: Duration = Duration::from_millis(1);
 
 /// One write: statements run on the group's connection, inside its
