@@ -702,7 +702,7 @@ impl Store {
                 .bind(now + self.claim_lease_ms())
                 .bind(now)
                 .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.writer)
                 .await,
         )?;
         let mut out = rows

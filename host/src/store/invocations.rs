@@ -316,7 +316,7 @@ impl Store {
             )
             .bind(before_ms)
             .bind(EXPIRE_BATCH)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
             let done = turn.check(done)?;
             total += done.rows_affected();

@@ -112,9 +112,9 @@ pub use workflows::{MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME, Workflow, WorkflowV
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Connections per SQLite pool. Writers take turns anyway (one write lock
-/// per file); the extra connections serve concurrent reads under WAL.
-const SQLITE_CONNECTIONS: u32 = 8;
+/// Connections of a SQLite file's read pool: concurrent reads under WAL.
+/// Writes have a connection of their own (see [`Store::writer`]).
+const SQLITE_READ_CONNECTIONS: u32 = 7;
 /// Connections per PostgreSQL pool, per host process.
 const POSTGRES_CONNECTIONS: u32 = 16;
 /// How long a query waits for a PostgreSQL connection before failing as
@@ -174,10 +174,21 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// The customer store. Cheap to clone: clones share one connection pool.
+/// The customer store. Cheap to clone: clones share its connection pools.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run: on a SQLite file, a pool of one
+    /// connection of its own, which only the holder of the write gate's
+    /// turn uses; elsewhere the same pool as reads. Why one connection:
+    /// SQLite drops a connection's whole page cache when it begins a
+    /// transaction after another connection wrote, so writes that took
+    /// turns on the read pool's connections each began cold and read the
+    /// b-tree pages of every table and index they touched again (from the
+    /// WAL or the OS, a system call each), inside the turn every other
+    /// tenant waits for. One writer keeps them cached between turns, and a
+    /// turn never waits for a connection that reads hold.
+    writer: AnyPool,
     backend: Backend,
     /// Business time (see the module docs); the system clock unless
     /// [`Store::with_clock`] says otherwise.
@@ -316,9 +327,10 @@ impl Store {
     /// - `sqlite:path`, `sqlite://path` or a plain file path: a SQLite file,
     ///   created when missing, in WAL mode with `synchronous=NORMAL` (a
     ///   killed process loses nothing committed; a power cut may lose the
-    ///   last commits) and a busy timeout. A background task checkpoints the
-    ///   WAL every second, so commits do not pay for it; it stops when the
-    ///   last clone of the store is dropped.
+    ///   last commits) and a busy timeout; reads go to a pool of connections,
+    ///   write transactions to one connection of their own. A background
+    ///   task checkpoints the WAL every 200 ms, so commits do not pay for
+    ///   it; it stops when the last clone of the store is dropped.
     /// - `sqlite::memory:`: a private in-memory database (one connection;
     ///   gone when the store is dropped), for tests and dry runs.
     pub async fn open(url: &str) -> Result<Store> {
@@ -334,6 +346,7 @@ impl Store {
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 Ok(Store {
+                    writer: pool.clone(),
                     pool,
                     backend: Backend::Postgres,
                     clock: Clock::System,
@@ -350,63 +363,38 @@ impl Store {
     async fn open_sqlite(url: &str) -> Result<Store> {
         let (url, in_memory) = sqlite_url(url)?;
         let options: AnyConnectOptions = url.parse()?;
-        let pool_options = if in_memory {
+        if in_memory {
             // Each connection to `:memory:` would be a separate database: keep
-            // exactly one, forever.
-            AnyPoolOptions::new().min_connections(1).max_connections(1).idle_timeout(None).max_lifetime(None)
-        } else {
-            // WAL is a property of the file; set it once, before the pool, so
-            // no pooled connection races for the exclusive lock it needs.
-            let mut conn = sqlx::AnyConnection::connect_with(&options).await?;
-            conn.execute("PRAGMA journal_mode = WAL").await?;
-            conn.close().await?;
-            // No test before each use (the pool's default pings the
-            // connection): a SQLite connection is a file handle in this
-            // process, not a link that can drop, and the ping is one more
-            // round trip to its thread on every query (B's events in `cairn
-            // bench --noisy-only`: p50 4.9 ms against 5.3–5.5).
-            //
-            // Every connection opened now and kept: each has a thread of its
-            // own, and a thread inherits the priority of the thread that
-            // starts it. Opened on demand, a connection could be started by a
-            // plugin's host call on the lowest-priority background runtime
-            // (`runtime::background`), and every tenant's queries that land
-            // on it would then run at that priority.
-            AnyPoolOptions::new()
-                .min_connections(SQLITE_CONNECTIONS)
-                .max_connections(SQLITE_CONNECTIONS)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .test_before_acquire(false)
-        };
-        let pool = pool_options
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // Per connection: WAL + NORMAL syncs at checkpoints, not at
-                    // every commit; foreign keys enforce cascades.
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str()).await?;
-                    conn.execute(format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_BACKSTOP_PAGES}").as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
+            // exactly one, forever, for reads and writes alike.
+            let pool = sqlite_pool(1).connect_with(options).await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            return Ok(Store::sqlite(pool.clone(), pool, None));
+        }
+        // WAL is a property of the file; set it once, before the pools, so
+        // no pooled connection races for the exclusive lock it needs.
+        let mut conn = sqlx::AnyConnection::connect_with(&options).await?;
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        conn.close().await?;
+        let pool = sqlite_pool(SQLITE_READ_CONNECTIONS).connect_with(options.clone()).await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        let checkpointer = (!in_memory).then(|| Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone())))));
+        let writer = sqlite_pool(1).connect_with(options).await?;
+        let checkpointer = Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone()))));
         // Claims left by a previous run are released by the serving process
         // once it holds the file (`take_ownership`), not by every opener.
-        Ok(Store {
+        Ok(Store::sqlite(pool, writer, Some(checkpointer)))
+    }
+
+    fn sqlite(pool: AnyPool, writer: AnyPool, checkpointer: Option<Arc<AbortOnDrop>>) -> Store {
+        Store {
             pool,
+            writer,
             backend: Backend::Sqlite,
             clock: Clock::System,
             _checkpointer: checkpointer,
             write_gate: Some(Arc::default()),
             groups: Some(Arc::default()),
             claim_lease_ms: CLAIM_LEASE_MS,
-        })
+        }
     }
 
     /// This store with claims reserved for `lease` (default [`CLAIM_LEASE_MS`]).
@@ -459,6 +447,7 @@ impl Store {
     /// Close every connection; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// Begin a transaction that will write, for no one tenant (see
@@ -483,8 +472,8 @@ impl Store {
 
     async fn begin_write_in(&self, turn: WriteTurn) -> Result<WriteTx> {
         let tx = match self.backend {
-            Backend::Sqlite => turn.check(self.pool.begin_with("BEGIN IMMEDIATE").await)?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => turn.check(self.writer.begin_with("BEGIN IMMEDIATE").await)?,
+            Backend::Postgres => self.writer.begin().await?,
         };
         Ok(WriteTx { tx, _turn: turn })
     }
@@ -539,6 +528,39 @@ impl Store {
             Backend::Postgres => " FOR UPDATE",
         }
     }
+}
+
+/// A pool of `connections` SQLite connections, all opened at once and kept.
+///
+/// No test before each use (the pool's default pings the connection): a
+/// SQLite connection is a file handle in this process, not a link that can
+/// drop, and the ping is one more round trip to its thread on every query
+/// (B's events in `cairn bench --noisy-only`: p50 4.9 ms against 5.3–5.5).
+///
+/// Every connection opened now and kept: each has a thread of its own, and
+/// a thread inherits the priority of the thread that starts it. Opened on
+/// demand, a connection could be started by a plugin's host call on the
+/// lowest-priority background runtime (`runtime::background`), and every
+/// tenant's queries that land on it would then run at that priority.
+fn sqlite_pool(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .min_connections(connections)
+        .max_connections(connections)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // Per connection: WAL + NORMAL syncs at checkpoints, not at
+                // every commit; foreign keys enforce cascades.
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str()).await?;
+                conn.execute(format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_BACKSTOP_PAGES}").as_str()).await?;
+                Ok(())
+            })
+        })
 }
 
 /// Copy the WAL back into the database file every second, without blocking
@@ -615,5 +637,49 @@ mod tests {
         assert!(sqlite_url("sqlite::memory:")?.1);
         assert!(sqlite_url("mysql://x").is_err());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sqlx::Row;
+
+    use super::*;
+    use crate::store::testing::TempSqlite;
+
+    /// A `TEMP` table lives in the connection that made it: seen again by a
+    /// later write, it shows every write transaction ran on one connection
+    /// (whose page cache then stays warm between turns); unseen by reads, it
+    /// shows they run elsewhere.
+    #[tokio::test]
+    async fn write_transactions_share_one_connection_that_reads_do_not_use() {
+        let db = TempSqlite::new();
+        let store = db.open().await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("CREATE TEMP TABLE marker (x INTEGER)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        // Every connection of the read pool, held at once so each is a
+        // different one.
+        let mut readers = Vec::new();
+        for _ in 0..SQLITE_READ_CONNECTIONS {
+            readers.push(store.pool().acquire().await.unwrap());
+        }
+        for conn in &mut readers {
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM sqlite_temp_master WHERE name = 'marker'")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap()
+                .try_get(0)
+                .unwrap();
+            assert_eq!(n, 0, "a read connection holds the writer's temp table");
+        }
+        drop(readers);
+        for _ in 0..3 {
+            let mut tx = store.begin_write().await.unwrap();
+            sqlx::query("INSERT INTO marker VALUES (1)").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     }
 }

@@ -642,7 +642,7 @@ impl Store {
         }
         b.push_arg(" ORDER BY wake_at LIMIT ", Arg::Int(limit.clamp(1, i64::from(MAX_PAGE))));
         b.push(&format!("{lock}) RETURNING {RUN_COLUMNS}"));
-        let rows = turn.check(b.query().fetch_all(&self.pool).await)?;
+        let rows = turn.check(b.query().fetch_all(&self.writer).await)?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
@@ -663,7 +663,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            turn.check(q.execute(&self.pool).await)?;
+            turn.check(q.execute(&self.writer).await)?;
         }
         Ok(())
     }
@@ -865,7 +865,7 @@ impl Store {
         .bind(id)
         .bind(at)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         Ok(turn.check(done)?.rows_affected() > 0)
     }

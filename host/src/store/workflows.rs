@@ -434,7 +434,7 @@ impl Store {
                 .bind(now)
                 .bind(real)
                 .bind(limit.clamp(1, i64::from(MAX_PAGE)))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.writer)
                 .await,
         )?;
         let mut out = rows.iter().map(workflow_from_row).collect::<Result<Vec<_>>>()?;
