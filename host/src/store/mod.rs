@@ -563,7 +563,7 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
         })
 }
 
-/// Copy the WAL back into the database file every second, without blocking
+/// Copy the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`], without blocking
 /// writers (`PASSIVE`), until the pool closes or the store is dropped.
 async fn checkpoint_loop(pool: AnyPool) {
     loop {
