@@ -19,7 +19,7 @@
 //!   are more than 16 slots of 500 ms serve), so what B then pays is A's
 //!   plugins, not A's event volume.
 //!
-//! B's load runs four times: alone; while A *floods* events with no plugin
+//! B's load runs four times for the figures: alone; while A *floods* events with no plugin
 //! installed yet (A's events are stored, claimed and processed, nothing
 //! more); while A's plugins are stuck *waiting* (a scorer that sleeps in a
 //! host call, the hanging action: each holds one of A's call slots for the
@@ -32,7 +32,10 @@
 //! (does a stuck tenant hold other tenants' events?); the burning phase
 //! adds competition for the CPU, which the runaway guests would take whole
 //! on a small machine if CPU turns (`runtime::cpu_turns`) did not hold
-//! them to one core's worth.
+//! them to one core's worth. A fifth run, B alone again after A has
+//! stopped, is a control (`p99_ratio_alone_after`): how far B's p99 moves
+//! between the first phase and the last with no neighbour at all, from
+//! the database's growth and the machine's drift.
 //!
 //! Each phase also reports the cores this process used while B's load ran,
 //! by thread name (`cores_used`: tokio's workers, SQLite's connection
@@ -394,7 +397,7 @@ async fn quiet(server: &Server, tenant: &str) -> anyhow::Result<()> {
         if processed >= total {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < until, "tenant A's setup events were not processed within 5 minutes");
+        anyhow::ensure!(Instant::now() < until, "tenant A's queued events were not processed within 5 minutes");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -639,11 +642,12 @@ impl Phase {
 
 /// B's latencies (ms, missing events infinite) in each of one round's
 /// phases, in [`PHASES`] order.
-type RoundLatencies = [Vec<f64>; 4];
+type RoundLatencies = [Vec<f64>; 5];
 
 /// The phases' names in the benchmark's output, in order: B alone, then
-/// beside A flooding, waiting and burning.
-const PHASES: [&str; 4] = ["alone", "flooding", "waiting", "burning"];
+/// beside A flooding, waiting and burning, then alone again (the control:
+/// see [`run_round`]).
+const PHASES: [&str; 5] = ["alone", "flooding", "waiting", "burning", "alone_after"];
 
 /// Run the benchmark [`Options::rounds`] times, each on a new server in
 /// its own directory under `dir`, printing each round's figure and, with
@@ -694,8 +698,17 @@ fn pooled(rounds: &[RoundLatencies], options: Options) -> Value {
     })
 }
 
-/// One round: a new server, B alone, then the three noisy phases; prints
-/// the round's figure and returns B's latencies in each phase.
+/// One round: a new server, B alone, then the three noisy phases, then B
+/// alone again once A has stopped (its senders, its plugins removed, its
+/// backlog worked off); prints the round's figure and returns B's
+/// latencies in each phase.
+///
+/// The last phase is a control, not a goal: B's p99 alone *after* the
+/// noisy phases, on the same server, over B's p99 alone before. The noisy
+/// phases run later than the first alone phase, on a database that A's
+/// flood has grown (tens of thousands of events) and on a shared VM whose
+/// speed drifts; what of a noisy phase's ratio is that, and not A, shows
+/// in this ratio.
 async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: u32) -> anyhow::Result<RoundLatencies> {
     let Options { database, a_events_per_sec, rounds } = options;
     let waiting_guests = runaway_guests(&WAITING_SCORERS)?;
@@ -754,19 +767,16 @@ async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: 
     while senders.join_next().await.is_some() {}
     let a_for = a_started.elapsed();
     let (a_total, a_processed) = server.state.store.event_counts(&a_tenant).await?;
+    let a_stats = install_failures(&a, &a_installs).await?;
 
-    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_install = serde_json::Map::new();
-    for (name, id) in &a_installs {
-        let stats = a.ok(Method::GET, &format!("/v1/installs/{id}"), None).await?;
-        let failed = stats["stats"]["failed"].as_object().cloned().unwrap_or_default();
-        let failed: serde_json::Map<String, Value> =
-            failed.into_iter().filter(|(_, n)| n.as_u64() != Some(0)).collect();
-        for (cause, n) in &failed {
-            *causes.entry(cause.clone()).or_default() += n.as_u64().unwrap_or(0);
-        }
-        by_install.insert(name.clone(), Value::Object(failed));
+    // A stops: its plugins go, its backlog is worked off, B runs alone.
+    for (_, id) in &a_installs {
+        a.ok(Method::DELETE, &format!("/v1/installs/{id}"), None).await?;
     }
+    quiet(&server, &a_tenant).await?;
+    let alone_after = Phase::run(&b, "alone_after", duration).await?;
+
+    let (causes, by_install) = a_stats;
     emit(json!({
         "bench": "noisy_neighbour",
         "round": round,
@@ -787,9 +797,11 @@ async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: 
         "b_with_a_flooding": flooding.summary(),
         "b_with_a_waiting": waiting.summary(),
         "b_with_a_burning": burning.summary(),
+        "b_alone_after": alone_after.summary(),
         "p99_ratio_flooding": flooding.ratio_to(&alone),
         "p99_ratio_waiting": waiting.ratio_to(&alone),
         "p99_ratio": burning.ratio_to(&alone),
+        "p99_ratio_alone_after": alone_after.ratio_to(&alone),
         "goal": 1.5,
         "a": {
             "flood_s": (a_for.as_secs_f64() * 10.0).round() / 10.0,
@@ -805,7 +817,27 @@ async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: 
     }));
     server.shutdown().await;
     drop(postgres);
-    Ok([alone.all(), flooding.all(), waiting.all(), burning.all()])
+    Ok([alone.all(), flooding.all(), waiting.all(), burning.all(), alone_after.all()])
+}
+
+/// The failed calls of A's installs, by cause in all and by install.
+async fn install_failures(
+    a: &Client,
+    installs: &[(String, String)],
+) -> anyhow::Result<(BTreeMap<String, u64>, serde_json::Map<String, Value>)> {
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_install = serde_json::Map::new();
+    for (name, id) in installs {
+        let stats = a.ok(Method::GET, &format!("/v1/installs/{id}"), None).await?;
+        let failed = stats["stats"]["failed"].as_object().cloned().unwrap_or_default();
+        let failed: serde_json::Map<String, Value> =
+            failed.into_iter().filter(|(_, n)| n.as_u64() != Some(0)).collect();
+        for (cause, n) in &failed {
+            *causes.entry(cause.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+        by_install.insert(name.clone(), Value::Object(failed));
+    }
+    Ok((causes, by_install))
 }
 
 #[cfg(test)]
@@ -817,7 +849,8 @@ mod tests {
         let ms = |scale: f64| (1..=100).map(|i| f64::from(i) * scale).collect::<Vec<f64>>();
         // Three rounds: B alone 1..100 ms each time; beside A twice, four
         // and three times that.
-        let rounds: Vec<RoundLatencies> = [2.0, 4.0, 3.0].iter().map(|&k| [ms(1.0), ms(1.0), ms(1.0), ms(k)]).collect();
+        let rounds: Vec<RoundLatencies> =
+            [2.0, 4.0, 3.0].iter().map(|&k| [ms(1.0), ms(1.0), ms(1.0), ms(k), ms(1.0)]).collect();
         let line = pooled(&rounds, Options { rounds: 3, ..Options::default() });
         assert_eq!(line["rounds"], 3);
         let burning = &line["phases"]["burning"];
@@ -830,5 +863,6 @@ mod tests {
         assert_eq!(burning["ratio_by_round"], json!([2.0, 4.0, 3.0]));
         assert_eq!(burning["median_round_ratio"], 3.0);
         assert_eq!(line["phases"]["flooding"]["ratio"], 1.0);
+        assert_eq!(line["phases"]["alone_after"]["ratio"], 1.0);
     }
 }
