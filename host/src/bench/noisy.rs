@@ -19,9 +19,9 @@
 //!   are more than 16 slots of 500 ms serve), so what B then pays is A's
 //!   plugins, not A's event volume.
 //!
-//! B's load runs four times for the figures: alone; while A *floods* events with no plugin
-//! installed yet (A's events are stored, claimed and processed, nothing
-//! more); while A's plugins are stuck *waiting* (a scorer that sleeps in a
+//! B's load runs four times for the figures: alone; while A *floods*
+//! events with no plugin installed yet (A's events are stored, claimed and
+//! processed, nothing more); while A's plugins are stuck *waiting* (a scorer that sleeps in a
 //! host call, the hanging action: each holds one of A's call slots for the
 //! whole 500 ms deadline); and while A's plugins also *burn CPU* (an
 //! infinite loop, a loop that keeps yielding, a memory hog: each runs to
@@ -389,15 +389,21 @@ async fn b_latencies(
     Ok((latencies, missing))
 }
 
-/// Wait until `tenant` has no unprocessed events.
+/// Wait until `tenant` has no unprocessed events and no workflow run still
+/// going (A's runaway runs retry their hanging action for seconds).
 async fn quiet(server: &Server, tenant: &str) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(300);
     loop {
         let (total, processed) = server.state.store.event_counts(tenant).await?;
-        if processed >= total {
+        let running: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM workflow_runs WHERE tenant_id = $1 AND status = 'waiting'")
+                .bind(tenant)
+                .fetch_one(server.state.store.pool())
+                .await?;
+        if processed >= total && running == 0 {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < until, "tenant A's queued events were not processed within 5 minutes");
+        anyhow::ensure!(Instant::now() < until, "tenant A's events and runs were not done within 5 minutes");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -700,7 +706,7 @@ fn pooled(rounds: &[RoundLatencies], options: Options) -> Value {
 
 /// One round: a new server, B alone, then the three noisy phases, then B
 /// alone again once A has stopped (its senders, its plugins removed, its
-/// backlog worked off); prints the round's figure and returns B's
+/// backlog and runs worked off); prints the round's figure and returns B's
 /// latencies in each phase.
 ///
 /// The last phase is a control, not a goal: B's p99 alone *after* the
@@ -769,7 +775,8 @@ async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: 
     let (a_total, a_processed) = server.state.store.event_counts(&a_tenant).await?;
     let a_stats = install_failures(&a, &a_installs).await?;
 
-    // A stops: its plugins go, its backlog is worked off, B runs alone.
+    // A stops: its plugins go, its backlog and its runs (failing now for
+    // want of their action) are worked off, and B runs alone.
     for (_, id) in &a_installs {
         a.ok(Method::DELETE, &format!("/v1/installs/{id}"), None).await?;
     }
