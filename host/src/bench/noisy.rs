@@ -792,7 +792,8 @@ async fn run_round(dir: &std::path::Path, quick: bool, options: Options, round: 
             "tenant B: {B_RATE} single events/s for {} s, each scored (rules-scorer) and posted by a one-step webhook \
              workflow; latency POST sent → webhook received. Alone; while tenant A floods batches to {A_CONTACTS} \
              contacts, first with no plugin, then with runaway plugins that wait (a scorer sleeping in a host call, a workflow action hanging) to \
-             their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog). {:?}, \
+             their 500 ms deadline; and while A's plugins also burn CPU (loop, yielding loop, memory hog); then alone again \
+             once A has stopped (a control). {:?}, \
              16 calls at once per tenant, {TENANT_EVENTS_PER_SEC} events/s per tenant, breaker off",
             duration.as_secs(),
             database

@@ -563,8 +563,9 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
         })
 }
 
-/// Copy the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`], without blocking
-/// writers (`PASSIVE`), until the pool closes or the store is dropped.
+/// Copy the WAL back into the database file every
+/// [`SQLITE_CHECKPOINT_EVERY`], without blocking writers (`PASSIVE`), until
+/// the pool closes or the store is dropped.
 async fn checkpoint_loop(pool: AnyPool) {
     loop {
         tokio::time::sleep(SQLITE_CHECKPOINT_EVERY).await;
