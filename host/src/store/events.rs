@@ -685,7 +685,7 @@ impl Store {
     /// [`CLAIM_LEASE_MS`]; each comes with its tenant id. Events claimed by
     /// another worker whose lease has not expired are skipped.
     pub async fn claim_unprocessed_events(&self, limit: i64) -> Result<Vec<(String, Event)>> {
-        let turn = self.write_gate().await?;
+        let mut turn = self.write_gate().await?;
         // Real time, not the store's clock: a lease says whether the worker
         // that claimed the event is still alive.
         let now = now_ms();
@@ -697,14 +697,13 @@ impl Store {
             "UPDATE events SET lease_until = $1 WHERE id IN (SELECT id FROM events WHERE processed = 0 \
              AND (lease_until IS NULL OR lease_until < $2) ORDER BY id LIMIT $3{lock}) RETURNING {EVENT_COLUMNS}"
         );
-        let rows = turn.check(
-            sqlx::query(&sql)
-                .bind(now + self.claim_lease_ms())
-                .bind(now)
-                .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-                .fetch_all(&self.writer)
-                .await,
-        )?;
+        let rows = sqlx::query(&sql)
+            .bind(now + self.claim_lease_ms())
+            .bind(now)
+            .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
+            .fetch_all(turn.conn(&self.writer).await?)
+            .await;
+        let rows = turn.check(rows)?;
         let mut out = rows
             .iter()
             .map(|r| Ok((r.try_get::<String, _>("tenant_id")?, event_from_row(r)?)))

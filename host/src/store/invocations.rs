@@ -309,14 +309,14 @@ impl Store {
     pub async fn expire_invocation_inputs(&self, before_ms: i64) -> Result<u64> {
         let mut total = 0;
         loop {
-            let turn = self.write_gate().await?;
+            let mut turn = self.write_gate().await?;
             let done = sqlx::query(
                 "UPDATE invocations SET input_json = NULL, input_status = 'expired' WHERE id IN \
                  (SELECT id FROM invocations WHERE input_json IS NOT NULL AND at < $1 LIMIT $2)",
             )
             .bind(before_ms)
             .bind(EXPIRE_BATCH)
-            .execute(&self.writer)
+            .execute(turn.conn(&self.writer).await?)
             .await;
             let done = turn.check(done)?;
             total += done.rows_affected();

@@ -76,9 +76,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction, TransactionManager};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use crate::clock::Clock;
 use write_gate::WriteGate;
@@ -113,7 +115,7 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Connections of a SQLite file's read pool: concurrent reads under WAL.
-/// Writes have a connection of their own (see [`Store::writer`]).
+/// Writes have a connection of their own (see `Store::write_conn`).
 const SQLITE_READ_CONNECTIONS: u32 = 7;
 /// Connections per PostgreSQL pool, per host process.
 const POSTGRES_CONNECTIONS: u32 = 16;
@@ -178,17 +180,28 @@ pub struct Page<T> {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
-    /// Where write transactions run: on a SQLite file, a pool of one
-    /// connection of its own, which only the holder of the write gate's
-    /// turn uses; elsewhere the same pool as reads. Why one connection:
-    /// SQLite drops a connection's whole page cache when it begins a
-    /// transaction after another connection wrote, so writes that took
-    /// turns on the read pool's connections each began cold and read the
-    /// b-tree pages of every table and index they touched again (from the
-    /// WAL or the OS, a system call each), inside the turn every other
-    /// tenant waits for. One writer keeps them cached between turns, and a
-    /// turn never waits for a connection that reads hold.
+    /// Where writes run on PostgreSQL and on an in-memory SQLite database:
+    /// the same pool as reads. (A SQLite file writes on `write_conn`.)
     writer: AnyPool,
+    /// A SQLite file's write connection: one connection of its own, which
+    /// only the holder of the write gate's turn uses (it comes with the
+    /// turn, [`WriteTurn`]); `None` elsewhere, and once the store is
+    /// closed. Why one connection: SQLite drops a connection's whole page
+    /// cache when it begins a transaction after another connection wrote,
+    /// so writes that took turns on the read pool's connections each began
+    /// cold and read the b-tree pages of every table and index they touched
+    /// again (from the WAL or the OS, a system call each), inside the turn
+    /// every other tenant waits for. One writer keeps them cached between
+    /// turns, and a turn never waits for a connection that reads hold.
+    ///
+    /// Why not a pool of one: sqlx pings every connection given back to its
+    /// pool (a round trip to the connection's thread, in a task of its own),
+    /// and the next writer cannot have the connection until that ping is
+    /// answered. Held here, the connection goes from turn to turn with
+    /// nothing in between: the writer's every turn is one round trip and one
+    /// task wake-up shorter, and SQLite's one writer is what every tenant
+    /// waits for.
+    write_conn: Option<Arc<AsyncMutex<Option<AnyConnection>>>>,
     backend: Backend,
     /// Business time (see the module docs); the system clock unless
     /// [`Store::with_clock`] says otherwise.
@@ -213,17 +226,64 @@ pub struct Store {
 /// A write transaction, holding the SQLite write gate until it ends.
 /// Dereferences to the connection, like sqlx's `Transaction`.
 pub(crate) struct WriteTx {
-    tx: Transaction<'static, Any>,
+    // Declared before the turn, so dropped first: a transaction dropped
+    // unfinished has queued its rollback on the write connection before the
+    // next writer can have it.
+    tx: Tx,
     _turn: WriteTurn,
+}
+
+/// The transaction of a [`WriteTx`].
+enum Tx {
+    /// On a connection of a pool (PostgreSQL, in-memory SQLite).
+    Pooled(Transaction<'static, Any>),
+    /// On a SQLite file's write connection.
+    Held(HeldTx),
+}
+
+/// A SQLite file's write connection, locked by the turn that holds it.
+type HeldConn = OwnedMappedMutexGuard<Option<AnyConnection>, AnyConnection>;
+
+/// A transaction on the held write connection; rolled back when dropped
+/// before it ended, as sqlx's `Transaction` is (the rollback is queued on
+/// the connection's thread, ahead of anything the next writer sends).
+struct HeldTx {
+    conn: HeldConn,
+    open: bool,
+}
+
+impl Drop for HeldTx {
+    fn drop(&mut self) {
+        if self.open {
+            AnyTransactionManager::start_rollback(&mut self.conn);
+        }
+    }
+}
+
+/// The connection a [`WriteTurn`] writes on.
+enum TurnConn {
+    /// A SQLite file's write connection, which comes with the turn.
+    Held(HeldConn),
+    /// One taken from the pool for the turn's statements (PostgreSQL,
+    /// in-memory SQLite).
+    Pooled(PoolConnection<Any>),
 }
 
 /// This process's turn to write on SQLite, held until dropped (empty on
 /// PostgreSQL).
-#[derive(Debug)]
 pub(crate) struct WriteTurn {
     turn: Option<write_gate::Turn>,
+    /// The connection to write on, when the turn has one (see
+    /// [`WriteTurn::conn`]).
+    conn: Option<TurnConn>,
     /// Where the turn was taken, for the slow-turn log.
     caller: &'static std::panic::Location<'static>,
+}
+
+impl std::fmt::Debug for WriteTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTurn").field("turn", &self.turn).field("caller", &self.caller).finish_non_exhaustive()
+    }
 }
 
 /// A write turn held longer than this is logged (debug level) with the
@@ -243,6 +303,20 @@ impl Drop for WriteTurn {
 }
 
 impl WriteTurn {
+    /// The connection to write on in this turn, for statements outside a
+    /// transaction: a SQLite file's write connection, which came with the
+    /// turn; elsewhere one from `pool`, taken now and kept for the turn.
+    pub(crate) async fn conn(&mut self, pool: &AnyPool) -> Result<&mut AnyConnection> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => TurnConn::Pooled(pool.acquire().await?),
+        };
+        Ok(match self.conn.insert(conn) {
+            TurnConn::Held(conn) => conn,
+            TurnConn::Pooled(conn) => conn,
+        })
+    }
+
     /// The result of a write made in this turn. A "database is locked"
     /// failure (SQLite waited its whole busy timeout) tells the writers
     /// queued behind this one to fail at once instead of waiting as long.
@@ -272,8 +346,7 @@ pub(crate) fn is_lock_timeout(e: &sqlx::Error) -> bool {
 impl WriteTx {
     /// Commit.
     pub(crate) async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
-        Ok(())
+        self.end(true).await
     }
 
     /// Roll back before the turn is given up. (Dropping the transaction
@@ -281,21 +354,47 @@ impl WriteTx {
     /// next writer's `BEGIN IMMEDIATE` could find the write lock still
     /// held.)
     pub(crate) async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await?;
+        self.end(false).await
+    }
+
+    /// Commit or roll back, then give the turn up.
+    async fn end(self, commit: bool) -> Result<()> {
+        let WriteTx { tx, _turn: turn } = self;
+        match tx {
+            Tx::Pooled(tx) if commit => tx.commit().await?,
+            Tx::Pooled(tx) => tx.rollback().await?,
+            Tx::Held(mut tx) => {
+                let ended = if commit {
+                    AnyTransactionManager::commit(&mut tx.conn).await
+                } else {
+                    AnyTransactionManager::rollback(&mut tx.conn).await
+                };
+                // One that failed is still open: dropping `tx` rolls it back.
+                ended?;
+                tx.open = false;
+            }
+        }
+        drop(turn);
         Ok(())
     }
 }
 
 impl std::ops::Deref for WriteTx {
-    type Target = sqlx::AnyConnection;
+    type Target = AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match &self.tx {
+            Tx::Pooled(tx) => tx,
+            Tx::Held(tx) => &tx.conn,
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match &mut self.tx {
+            Tx::Pooled(tx) => tx,
+            Tx::Held(tx) => &mut tx.conn,
+        }
     }
 }
 
@@ -347,6 +446,7 @@ impl Store {
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 Ok(Store {
                     writer: pool.clone(),
+                    write_conn: None,
                     pool,
                     backend: Backend::Postgres,
                     clock: Clock::System,
@@ -368,7 +468,7 @@ impl Store {
             // exactly one, forever, for reads and writes alike.
             let pool = sqlite_pool(1).connect_with(options).await?;
             SQLITE_MIGRATIONS.run(&pool).await?;
-            return Ok(Store::sqlite(pool.clone(), pool, None));
+            return Ok(Store::sqlite(pool, None, None));
         }
         // WAL is a property of the file; set it once, before the pools, so
         // no pooled connection races for the exclusive lock it needs.
@@ -377,17 +477,21 @@ impl Store {
         conn.close().await?;
         let pool = sqlite_pool(SQLITE_READ_CONNECTIONS).connect_with(options.clone()).await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        let writer = sqlite_pool(1).connect_with(options).await?;
+        let mut writer = AnyConnection::connect_with(&options).await?;
+        configure_sqlite(&mut writer).await?;
         let checkpointer = Arc::new(AbortOnDrop(tokio::spawn(checkpoint_loop(pool.clone()))));
         // Claims left by a previous run are released by the serving process
         // once it holds the file (`take_ownership`), not by every opener.
-        Ok(Store::sqlite(pool, writer, Some(checkpointer)))
+        Ok(Store::sqlite(pool, Some(writer), Some(checkpointer)))
     }
 
-    fn sqlite(pool: AnyPool, writer: AnyPool, checkpointer: Option<Arc<AbortOnDrop>>) -> Store {
+    /// A SQLite store reading on `pool` and writing on `writer` (a file's
+    /// write connection), or on `pool` too without one (in memory).
+    fn sqlite(pool: AnyPool, writer: Option<AnyConnection>, checkpointer: Option<Arc<AbortOnDrop>>) -> Store {
         Store {
+            writer: pool.clone(),
+            write_conn: writer.map(|conn| Arc::new(AsyncMutex::new(Some(conn)))),
             pool,
-            writer,
             backend: Backend::Sqlite,
             clock: Clock::System,
             _checkpointer: checkpointer,
@@ -446,6 +550,15 @@ impl Store {
 
     /// Close every connection; later calls fail.
     pub async fn close(&self) {
+        if let Some(conn) = &self.write_conn {
+            // Waits for the turn that holds it, if any.
+            let conn = conn.lock().await.take();
+            if let Some(conn) = conn
+                && let Err(e) = conn.close().await
+            {
+                tracing::debug!("closing the SQLite write connection: {e}");
+            }
+        }
         self.pool.close().await;
         self.writer.close().await;
     }
@@ -470,10 +583,18 @@ impl Store {
         async move { self.begin_write_in(turn.await?).await }
     }
 
-    async fn begin_write_in(&self, turn: WriteTurn) -> Result<WriteTx> {
-        let tx = match self.backend {
-            Backend::Sqlite => turn.check(self.writer.begin_with("BEGIN IMMEDIATE").await)?,
-            Backend::Postgres => self.writer.begin().await?,
+    async fn begin_write_in(&self, mut turn: WriteTurn) -> Result<WriteTx> {
+        let tx = match (self.backend, turn.conn.take()) {
+            (Backend::Sqlite, Some(TurnConn::Held(mut conn))) => {
+                let begun = AnyTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into())).await;
+                turn.check(begun)?;
+                Tx::Held(HeldTx { conn, open: true })
+            }
+            (Backend::Sqlite, _) => {
+                let begun = self.writer.begin_with("BEGIN IMMEDIATE").await;
+                Tx::Pooled(turn.check(begun)?)
+            }
+            (Backend::Postgres, _) => Tx::Pooled(self.writer.begin().await?),
         };
         Ok(WriteTx { tx, _turn: turn })
     }
@@ -503,7 +624,7 @@ impl Store {
         let caller = std::panic::Location::caller();
         async move {
             let Some(gate) = &self.write_gate else {
-                return Ok(WriteTurn { turn: None, caller });
+                return Ok(WriteTurn { turn: None, conn: None, caller });
             };
             let seen = gate.lock_timeouts();
             let asked = std::time::Instant::now();
@@ -516,7 +637,17 @@ impl Store {
             if gate.lock_timeouts() != seen {
                 return Err(StoreError::Locked);
             }
-            Ok(WriteTurn { turn: Some(turn), caller })
+            // The gate admits one writer at a time: the lock is free, unless
+            // the store is closing.
+            let conn = match &self.write_conn {
+                Some(conn) => {
+                    let conn = OwnedMutexGuard::try_map(conn.clone().lock_owned().await, Option::as_mut)
+                        .map_err(|_| sqlx::Error::PoolClosed)?;
+                    Some(TurnConn::Held(conn))
+                }
+                None => None,
+            };
+            Ok(WriteTurn { turn: Some(turn), conn, caller })
         }
     }
 
@@ -549,18 +680,19 @@ fn sqlite_pool(connections: u32) -> AnyPoolOptions {
         .idle_timeout(None)
         .max_lifetime(None)
         .test_before_acquire(false)
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                // Per connection: WAL + NORMAL syncs at checkpoints, not at
-                // every commit; foreign keys enforce cascades.
-                conn.execute("PRAGMA synchronous = NORMAL").await?;
-                conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
-                conn.execute("PRAGMA foreign_keys = ON").await?;
-                conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str()).await?;
-                conn.execute(format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_BACKSTOP_PAGES}").as_str()).await?;
-                Ok(())
-            })
-        })
+        .after_connect(|conn, _meta| Box::pin(configure_sqlite(conn)))
+}
+
+/// Settings of every SQLite connection, pooled or not.
+async fn configure_sqlite(conn: &mut AnyConnection) -> sqlx::Result<()> {
+    // Per connection: WAL + NORMAL syncs at checkpoints, not at every
+    // commit; foreign keys enforce cascades.
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    conn.execute(format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}").as_str()).await?;
+    conn.execute(format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_BACKSTOP_PAGES}").as_str()).await?;
+    Ok(())
 }
 
 /// Copy the WAL back into the database file every
@@ -658,9 +790,7 @@ mod writer_tests {
     async fn write_transactions_share_one_connection_that_reads_do_not_use() {
         let db = TempSqlite::new();
         let store = db.open().await.unwrap();
-        let mut tx = store.begin_write().await.unwrap();
-        sqlx::query("CREATE TEMP TABLE marker (x INTEGER)").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
+        write(&store, "CREATE TEMP TABLE marker (x INTEGER)").await;
         // Every connection of the read pool, held at once so each is a
         // different one.
         let mut readers = Vec::new();
@@ -678,9 +808,50 @@ mod writer_tests {
         }
         drop(readers);
         for _ in 0..3 {
-            let mut tx = store.begin_write().await.unwrap();
-            sqlx::query("INSERT INTO marker VALUES (1)").execute(&mut *tx).await.unwrap();
-            tx.commit().await.unwrap();
+            write(&store, "INSERT INTO marker VALUES (1)").await;
         }
+    }
+
+    /// Run `sql` in a write transaction of its own.
+    async fn write(store: &Store, sql: &str) {
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// The write connection goes from turn to turn without a pool's check in
+    /// between: a transaction dropped unfinished (its caller failed or was
+    /// cancelled) must still be rolled back before the next writer's.
+    #[tokio::test]
+    async fn a_write_dropped_unfinished_is_rolled_back_before_the_next_one() {
+        let db = TempSqlite::new();
+        let store = db.open().await.unwrap();
+        write(&store, "CREATE TABLE kept (x INTEGER)").await;
+
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO kept VALUES (1)").execute(&mut *tx).await.unwrap();
+        drop(tx);
+        let mut turn = store.write_gate().await.unwrap();
+        let done = sqlx::query("INSERT INTO kept VALUES (2)").execute(turn.conn(&store.writer).await.unwrap()).await;
+        turn.check(done).unwrap();
+        drop(turn);
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO kept VALUES (3)").execute(&mut *tx).await.unwrap();
+        tx.rollback().await.unwrap();
+
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM kept ORDER BY x").fetch_all(store.pool()).await.unwrap();
+        assert_eq!(rows, [2], "the dropped and the rolled-back writes left nothing; the one between them stayed");
+    }
+
+    /// Closing a store closes its write connection too (a pool's close waits
+    /// for every connection to come back: a held one never would), and
+    /// writes after it fail instead of waiting.
+    #[tokio::test]
+    async fn a_closed_store_refuses_writes() {
+        let db = TempSqlite::new();
+        let store = db.open().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), store.close()).await.expect("close hung");
+        let refused = tokio::time::timeout(Duration::from_secs(10), store.begin_write()).await.expect("write hung");
+        assert!(refused.is_err());
     }
 }

@@ -617,7 +617,7 @@ impl Store {
                 return Ok(DueClaim { runs: Vec::new(), next_wake_at: Some(next) });
             }
         }
-        let turn = self.write_gate().await?;
+        let mut turn = self.write_gate().await?;
         // Real time for the lease, whatever the business clock says: it is
         // about whether the claiming process is alive.
         let real = now_ms();
@@ -642,7 +642,8 @@ impl Store {
         }
         b.push_arg(" ORDER BY wake_at LIMIT ", Arg::Int(limit.clamp(1, i64::from(MAX_PAGE))));
         b.push(&format!("{lock}) RETURNING {RUN_COLUMNS}"));
-        let rows = turn.check(b.query().fetch_all(&self.writer).await)?;
+        let rows = b.query().fetch_all(turn.conn(&self.writer).await?).await;
+        let rows = turn.check(rows)?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         runs.sort_by(|a, b| (a.wake_at, &a.id).cmp(&(b.wake_at, &b.id)));
@@ -652,7 +653,7 @@ impl Store {
     /// Give claimed runs back before their lease runs out (the runner
     /// claimed more than it could start): the next claim may take them.
     pub async fn release_runs(&self, ids: &[String]) -> Result<()> {
-        let turn = self.write_gate().await?;
+        let mut turn = self.write_gate().await?;
         for chunk in ids.chunks(MAX_IN_LIST) {
             let mut p = Params::new(self.backend);
             let sql = format!(
@@ -663,7 +664,8 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            turn.check(q.execute(&self.writer).await)?;
+            let done = q.execute(turn.conn(&self.writer).await?).await;
+            turn.check(done)?;
         }
         Ok(())
     }
@@ -856,7 +858,7 @@ impl Store {
     /// worker holds is left alone: it checks goals itself. False when nothing
     /// changed.
     pub async fn wake_run(&self, tenant: &str, id: &str, at: i64) -> Result<bool> {
-        let turn = self.write_gate_for(Writer::Tenant(tenant)).await?;
+        let mut turn = self.write_gate_for(Writer::Tenant(tenant)).await?;
         let done = sqlx::query(
             "UPDATE workflow_runs SET wake_at = $3 WHERE tenant_id = $1 AND id = $2 AND status = 'waiting' \
              AND wake_at > $3 AND (lease_until IS NULL OR lease_until < $4)",
@@ -865,7 +867,7 @@ impl Store {
         .bind(id)
         .bind(at)
         .bind(now_ms())
-        .execute(&self.writer)
+        .execute(turn.conn(&self.writer).await?)
         .await;
         Ok(turn.check(done)?.rows_affected() > 0)
     }

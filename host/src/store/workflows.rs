@@ -417,7 +417,7 @@ impl Store {
         if any_due.is_none() {
             return Ok(Vec::new());
         }
-        let turn = self.write_gate().await?;
+        let mut turn = self.write_gate().await?;
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -428,15 +428,14 @@ impl Store {
              AND (schedule_lease_until IS NULL OR schedule_lease_until < $3) \
              ORDER BY next_fire_at LIMIT $4{lock}) RETURNING {WORKFLOW_COLUMNS}"
         );
-        let rows = turn.check(
-            sqlx::query(&sql)
-                .bind(real + self.claim_lease_ms())
-                .bind(now)
-                .bind(real)
-                .bind(limit.clamp(1, i64::from(MAX_PAGE)))
-                .fetch_all(&self.writer)
-                .await,
-        )?;
+        let rows = sqlx::query(&sql)
+            .bind(real + self.claim_lease_ms())
+            .bind(now)
+            .bind(real)
+            .bind(limit.clamp(1, i64::from(MAX_PAGE)))
+            .fetch_all(turn.conn(&self.writer).await?)
+            .await;
+        let rows = turn.check(rows)?;
         let mut out = rows.iter().map(workflow_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
         out.sort_by(|a, b| (a.next_fire_at, &a.id).cmp(&(b.next_fire_at, &b.id)));
