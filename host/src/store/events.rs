@@ -701,7 +701,7 @@ impl Store {
             .bind(now + self.claim_lease_ms())
             .bind(now)
             .bind(limit.clamp(1, i64::from(sql::MAX_PAGE)))
-            .fetch_all(turn.conn(&self.writer).await?)
+            .fetch_all(turn.conn(&self.pool).await?)
             .await;
         let rows = turn.check(rows)?;
         let mut out = rows

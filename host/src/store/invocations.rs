@@ -316,7 +316,7 @@ impl Store {
             )
             .bind(before_ms)
             .bind(EXPIRE_BATCH)
-            .execute(turn.conn(&self.writer).await?)
+            .execute(turn.conn(&self.pool).await?)
             .await;
             let done = turn.check(done)?;
             total += done.rows_affected();

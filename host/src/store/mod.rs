@@ -179,10 +179,9 @@ pub struct Page<T> {
 /// The customer store. Cheap to clone: clones share its connection pools.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads, and writes on PostgreSQL and on an in-memory SQLite database
+    /// (a SQLite file writes on `write_conn`).
     pool: AnyPool,
-    /// Where writes run on PostgreSQL and on an in-memory SQLite database:
-    /// the same pool as reads. (A SQLite file writes on `write_conn`.)
-    writer: AnyPool,
     /// A SQLite file's write connection: one connection of its own, which
     /// only the holder of the write gate's turn uses (it comes with the
     /// turn, [`WriteTurn`]); `None` elsewhere, and once the store is
@@ -195,12 +194,13 @@ pub struct Store {
     /// turns, and a turn never waits for a connection that reads hold.
     ///
     /// Why not a pool of one: sqlx pings every connection given back to its
-    /// pool (a round trip to the connection's thread, in a task of its own),
-    /// and the next writer cannot have the connection until that ping is
-    /// answered. Held here, the connection goes from turn to turn with
-    /// nothing in between: the writer's every turn is one round trip and one
-    /// task wake-up shorter, and SQLite's one writer is what every tenant
-    /// waits for.
+    /// pool, a round trip to the connection's thread in a task of its own,
+    /// after every write turn. Held here, the connection goes from turn to
+    /// turn with nothing in between. Measured (`cairn bench --noisy-only`,
+    /// B alone, two alternated rounds each): the process used 0.68 / 0.76
+    /// cores against 0.86 / 0.90 with the pool; the turns themselves were
+    /// no shorter beyond the noise (the ping mostly ran while the next
+    /// writer was being woken).
     write_conn: Option<Arc<AsyncMutex<Option<AnyConnection>>>>,
     backend: Backend,
     /// Business time (see the module docs); the system clock unless
@@ -445,7 +445,6 @@ impl Store {
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 Ok(Store {
-                    writer: pool.clone(),
                     write_conn: None,
                     pool,
                     backend: Backend::Postgres,
@@ -489,7 +488,6 @@ impl Store {
     /// write connection), or on `pool` too without one (in memory).
     fn sqlite(pool: AnyPool, writer: Option<AnyConnection>, checkpointer: Option<Arc<AbortOnDrop>>) -> Store {
         Store {
-            writer: pool.clone(),
             write_conn: writer.map(|conn| Arc::new(AsyncMutex::new(Some(conn)))),
             pool,
             backend: Backend::Sqlite,
@@ -560,7 +558,6 @@ impl Store {
             }
         }
         self.pool.close().await;
-        self.writer.close().await;
     }
 
     /// Begin a transaction that will write, for no one tenant (see
@@ -591,10 +588,10 @@ impl Store {
                 Tx::Held(HeldTx { conn, open: true })
             }
             (Backend::Sqlite, _) => {
-                let begun = self.writer.begin_with("BEGIN IMMEDIATE").await;
+                let begun = self.pool.begin_with("BEGIN IMMEDIATE").await;
                 Tx::Pooled(turn.check(begun)?)
             }
-            (Backend::Postgres, _) => Tx::Pooled(self.writer.begin().await?),
+            (Backend::Postgres, _) => Tx::Pooled(self.pool.begin().await?),
         };
         Ok(WriteTx { tx, _turn: turn })
     }
@@ -832,7 +829,7 @@ mod writer_tests {
         sqlx::query("INSERT INTO kept VALUES (1)").execute(&mut *tx).await.unwrap();
         drop(tx);
         let mut turn = store.write_gate().await.unwrap();
-        let done = sqlx::query("INSERT INTO kept VALUES (2)").execute(turn.conn(&store.writer).await.unwrap()).await;
+        let done = sqlx::query("INSERT INTO kept VALUES (2)").execute(turn.conn(&store.pool).await.unwrap()).await;
         turn.check(done).unwrap();
         drop(turn);
         let mut tx = store.begin_write().await.unwrap();

@@ -642,7 +642,7 @@ impl Store {
         }
         b.push_arg(" ORDER BY wake_at LIMIT ", Arg::Int(limit.clamp(1, i64::from(MAX_PAGE))));
         b.push(&format!("{lock}) RETURNING {RUN_COLUMNS}"));
-        let rows = b.query().fetch_all(turn.conn(&self.writer).await?).await;
+        let rows = b.query().fetch_all(turn.conn(&self.pool).await?).await;
         let rows = turn.check(rows)?;
         let mut runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING order is unspecified.
@@ -664,7 +664,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            let done = q.execute(turn.conn(&self.writer).await?).await;
+            let done = q.execute(turn.conn(&self.pool).await?).await;
             turn.check(done)?;
         }
         Ok(())
@@ -867,7 +867,7 @@ impl Store {
         .bind(id)
         .bind(at)
         .bind(now_ms())
-        .execute(turn.conn(&self.writer).await?)
+        .execute(turn.conn(&self.pool).await?)
         .await;
         Ok(turn.check(done)?.rows_affected() > 0)
     }

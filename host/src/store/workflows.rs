@@ -433,7 +433,7 @@ impl Store {
             .bind(now)
             .bind(real)
             .bind(limit.clamp(1, i64::from(MAX_PAGE)))
-            .fetch_all(turn.conn(&self.writer).await?)
+            .fetch_all(turn.conn(&self.pool).await?)
             .await;
         let rows = turn.check(rows)?;
         let mut out = rows.iter().map(workflow_from_row).collect::<Result<Vec<_>>>()?;
