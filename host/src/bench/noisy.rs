@@ -508,10 +508,12 @@ const STAGES: [&str; 3] = ["accepted_to_enrolled_ms", "enrolled_to_step_ms", "st
 
 /// Each of a phase's events' stages (see [`STAGES`]), by contact email,
 /// read from the store: the event's `received_at`, its run's
-/// `enrolled_at`, its step's `started_at` and `finished_at`.
+/// `enrolled_at`, its step's `started_at` and `duration_us` (not its
+/// `finished_at`: the runner records it from the same clock reading as the
+/// start).
 async fn b_stages(load: &BLoad<'_>, phase: &str) -> anyhow::Result<HashMap<String, [f64; 3]>> {
     let rows = sqlx::query(
-        "SELECT c.email, e.received_at, r.enrolled_at, s.started_at, s.finished_at \
+        "SELECT c.email, e.received_at, r.enrolled_at, s.started_at, s.duration_us \
          FROM workflow_runs r JOIN contacts c ON c.id = r.contact_id \
          JOIN events e ON e.id = r.trigger_event_id JOIN run_steps s ON s.run_id = r.id \
          WHERE r.tenant_id = $1 AND c.email LIKE $2",
@@ -525,8 +527,8 @@ async fn b_stages(load: &BLoad<'_>, phase: &str) -> anyhow::Result<HashMap<Strin
         use sqlx::Row;
         let (email, received, enrolled, started): (String, i64, i64, i64) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let finished: Option<i64> = row.try_get(4)?;
-        let step = finished.map_or(f64::NAN, |f| (f - started) as f64);
+        let duration_us: Option<i64> = row.try_get(4)?;
+        let step = duration_us.map_or(f64::NAN, |us| us as f64 / 1000.0);
         stages.insert(email, [(enrolled - received) as f64, (started - enrolled) as f64, step]);
     }
     Ok(stages)

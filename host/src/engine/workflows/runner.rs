@@ -24,6 +24,7 @@ use serde_json::{Value as Json, json};
 
 use super::condition::{self, Events, Facts};
 use super::definition::{self, Step};
+use super::direct::Place;
 use super::program::Program;
 use super::{Workflows, time};
 use crate::engine::actions::{self, ActionCall};
@@ -58,13 +59,25 @@ enum Outcome {
 impl Workflows {
     /// Advance `run` as far as it goes now.
     pub async fn advance(self: &Arc<Self>, run: Run) -> Result<(), StoreError> {
-        self.advance_with(run, None).await
+        self.advance_with(run, None, None).await
     }
 
     /// [`Workflows::advance`], given the run's trigger event when the caller
     /// has it (the pipeline's lane read it, `engine::workflows::direct`): one
-    /// read fewer. Another event than the run's trigger is not used.
-    pub(crate) async fn advance_with(self: &Arc<Self>, mut run: Run, known: Option<Event>) -> Result<(), StoreError> {
+    /// read fewer. Another event than the run's trigger is not used. A
+    /// handed-over run's `place` is vacated before the round's last save.
+    pub(crate) async fn advance_with(
+        self: &Arc<Self>,
+        mut run: Run,
+        known: Option<Event>,
+        place: Option<&Place>,
+    ) -> Result<(), StoreError> {
+        // The round's plugin calls are over: its place may go to the next run.
+        let vacate = || {
+            if let Some(place) = place {
+                place.vacate();
+            }
+        };
         let tenant = run.tenant_id.clone();
         let Some(program) = self.program(&tenant, &run.workflow_id, run.version).await? else {
             return self.finish(&run, CANCELLED, Some("the workflow version is gone")).await;
@@ -188,6 +201,9 @@ impl Workflows {
                     run.cursor = next;
                     run.attempts = 0;
                     let status = if run.cursor.is_some() { WAITING } else { COMPLETED };
+                    if status == COMPLETED {
+                        vacate();
+                    }
                     if acted || status == COMPLETED {
                         self.save(&run, status, Some(now), None, None, &pending, &calls, status == WAITING).await?;
                         pending.clear();
@@ -203,12 +219,14 @@ impl Workflows {
                         run.attempts = record.attempts;
                     }
                     pending.push(record);
+                    vacate();
                     return self.save(&run, WAITING, Some(until), None, None, &pending, &calls, false).await;
                 }
                 Outcome::Fail(error) => {
                     run.attempts = record.attempts;
                     self.count(&self.stats.runs_failed);
                     pending.push(record);
+                    vacate();
                     return self.save(&run, FAILED, None, Some(error), None, &pending, &calls, false).await;
                 }
             }
