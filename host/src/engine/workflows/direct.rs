@@ -296,6 +296,9 @@ impl Workflows {
 }
 
 #[cfg(test)]
+mod saving_runs;
+
+#[cfg(test)]
 mod tests {
     use serde_json::json;
 

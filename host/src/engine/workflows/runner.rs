@@ -193,6 +193,9 @@ impl Workflows {
                 }
             };
             record.duration_us = started.elapsed().as_micros() as i64;
+            // A step ends now, not when it began (an action's call may take
+            // its whole deadline).
+            record.finished_at = Some(self.clock.now());
             match outcome {
                 Outcome::Next(next) => {
                     self.count(&self.stats.steps_ok);
