@@ -1,5 +1,5 @@
 //! End to end, through a real server: a handed-over run gives its place up
-//! when its plugin calls are over, before its last save, and not before.
+//! when its plugin calls are over, before its last save.
 //!
 //! The bookkeeping has unit tests of its own (`super::tests`); this drives
 //! `Workflows::advance_with` as the pipeline does. SQLite's one writer is
