@@ -508,9 +508,8 @@ const STAGES: [&str; 3] = ["accepted_to_enrolled_ms", "enrolled_to_step_ms", "st
 
 /// Each of a phase's events' stages (see [`STAGES`]), by contact email,
 /// read from the store: the event's `received_at`, its run's
-/// `enrolled_at`, its step's `started_at` and `duration_us` (not its
-/// `finished_at`: the runner records it from the same clock reading as the
-/// start).
+/// `enrolled_at`, its step's `started_at` and `duration_us` (µs, where
+/// `finished_at` has whole milliseconds of the business clock).
 async fn b_stages(load: &BLoad<'_>, phase: &str) -> anyhow::Result<HashMap<String, [f64; 3]>> {
     let rows = sqlx::query(
         "SELECT c.email, e.received_at, r.enrolled_at, s.started_at, s.duration_us \
