@@ -29,6 +29,7 @@ on_both_backends!(
     enrollments_are_refused_by_key_in_flight_reenrollment_interval_and_daily_cap,
     concurrent_enrollments_of_one_contact_create_one_run,
     a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules,
+    a_batch_counts_the_runs_it_started_itself_against_the_interval_cap_and_keys,
     due_runs_are_claimed_by_wake_time_and_held_by_their_lease,
     runs_enrolled_for_hand_over_are_born_leased_and_a_save_that_goes_on_keeps_the_lease,
     saved_progress_and_step_records_round_trip,
@@ -81,6 +82,18 @@ fn enrollment(tenant: &str, workflow: &str, contact: &str, key: &str, at: i64) -
         min_interval_ms: None,
         max_per_day: 100,
         at,
+    }
+}
+
+/// What a lane learned of `contact`: activity at [`T0`] and `enrollments`.
+fn lane_update(tenant: &str, contact: &str, enrollments: Vec<Enrollment>) -> ContactUpdate {
+    ContactUpdate {
+        tenant_id: tenant.to_owned(),
+        contact_id: contact.to_owned(),
+        last_activity_at: Some(T0),
+        score: None,
+        stage_change: None,
+        enrollments,
     }
 }
 
@@ -391,14 +404,7 @@ async fn a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules(sto
     let other = contact(&store, &t, "bob@example.com").await?;
     let w = workflow(&store, &t, "Welcome").await?;
     let e = |contact: &str, key: &str| enrollment(&t, &w.id, contact, key, T0);
-    let update = |contact: &str, enrollments: Vec<Enrollment>| ContactUpdate {
-        tenant_id: t.clone(),
-        contact_id: contact.to_owned(),
-        last_activity_at: Some(T0),
-        score: None,
-        stage_change: None,
-        enrollments,
-    };
+    let update = |contact: &str, enrollments: Vec<Enrollment>| lane_update(&t, contact, enrollments);
     let no_steps = |key: &str| Enrollment { first_step: None, ..e(&other, key) };
     let batch = [
         update(&c, vec![e(&c, "k1"), e(&c, "k1"), e(&c, "k2"), e(&c, "k3"), enrollment(&t, "gone", &c, "k4", T0)]),
@@ -432,6 +438,55 @@ async fn a_batch_decides_repeated_enrollments_of_a_contact_by_the_same_rules(sto
     );
     let runs = store.list_runs(&t, &RunFilter::default(), None, 100).await?.items;
     assert_eq!(runs.len(), 4, "one run of ann's, three of bob's");
+    Ok(())
+}
+
+/// A batch's enrollments are decided together (on SQLite from one read of
+/// the rules taken before any of them): the runs the batch itself started,
+/// completed at once, still count against re-enrollment, the minimum
+/// interval, the daily cap and the keys, as they would one after another.
+async fn a_batch_counts_the_runs_it_started_itself_against_the_interval_cap_and_keys(
+    store: Store,
+) -> anyhow::Result<()> {
+    let t = tenant(&store, "Acme").await?;
+    let capped = contact(&store, &t, "cap@example.com").await?;
+    let once = contact(&store, &t, "once@example.com").await?;
+    let spaced = contact(&store, &t, "spaced@example.com").await?;
+    let w = workflow(&store, &t, "No steps").await?;
+    let done =
+        |contact: &str, key: &str, at: i64| Enrollment { first_step: None, ..enrollment(&t, &w.id, contact, key, at) };
+    let update = |contact: &str, enrollments: Vec<Enrollment>| lane_update(&t, contact, enrollments);
+    let cap = |key: &str, at: i64| Enrollment { max_per_day: 2, ..done(&capped, key, at) };
+    let single = |key: &str| Enrollment { reenroll: false, ..done(&once, key, T0) };
+    let apart = |key: &str, at: i64| Enrollment { min_interval_ms: Some(1_000), ..done(&spaced, key, at) };
+    let batch = [
+        update(&capped, vec![cap("c1", T0), cap("c2", T0 + 1), cap("c3", T0 + 2), cap("c4", T0 + DAY + 1)]),
+        update(&once, vec![single("o1"), single("o2")]),
+        // A key the batch used for another contact is taken.
+        update(&spaced, vec![apart("s1", T0), apart("s2", T0 + 500), apart("s3", T0 + 1_500), apart("c1", T0 + 9_000)]),
+    ];
+    let decided = store.finish_batch(&batch, &[]).await?;
+    let of = |contact: &str| -> Vec<String> {
+        decided
+            .iter()
+            .filter(|(e, _)| e.contact_id == contact)
+            .map(|(_, o)| match o {
+                Some(EnrollOutcome::Enrolled(run)) => format!("enrolled {}", run.status),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let enrolled = "enrolled completed".to_owned();
+    let said = |s: &str| s.to_owned();
+    assert_eq!(
+        of(&capped),
+        [enrolled.clone(), enrolled.clone(), said("Some(RateLimited)"), enrolled.clone()],
+        "two a day, the fourth a day after the first"
+    );
+    assert_eq!(of(&once), [enrolled.clone(), said("Some(NotReenrollable)")]);
+    assert_eq!(of(&spaced), [enrolled.clone(), said("Some(TooSoon)"), enrolled.clone(), said("Some(Duplicate)")]);
+    let runs = store.list_runs(&t, &RunFilter::default(), None, 100).await?.items;
+    assert_eq!(runs.len(), 6);
     Ok(())
 }
 

@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::{Arguments, Row};
 
 use crate::store::contacts::{MAX_REASONS, contact_select, contact_with_tags_from_row};
 use crate::store::error::{Result, StoreError};
 use crate::store::events::insert_system_event;
+use crate::store::script::Script;
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
 use crate::store::{Backend, Contact, EnrollOutcome, Enrollment, Event, Properties, Store, Writer, new_id};
 
@@ -182,6 +184,14 @@ impl Store {
         let at = self.now();
         // A lane's updates are all of its tenant's.
         let writer = updates.first().map_or(Writer::Shared, |u| Writer::Tenant(&u.tenant_id));
+        // Contact rows are locked in one order (by id) in every transaction:
+        // two nodes finishing lanes of the same tenant then queue on a shared
+        // contact instead of deadlocking on two.
+        let mut updates: Vec<&ContactUpdate> = updates.iter().collect();
+        updates.sort_by(|a, b| (&a.tenant_id, &a.contact_id).cmp(&(&b.tenant_id, &b.contact_id)));
+        if self.backend == Backend::Sqlite {
+            return self.finish_batch_sqlite(writer, &updates, processed, lease_runs, at).await;
+        }
         let mut tx = self.begin_write_for(writer).await?;
         // First, so that on PostgreSQL two nodes finishing the same events
         // (a claim that outlived its lease) queue on the rows' locks and the
@@ -198,31 +208,12 @@ impl Store {
             }
             let marked = q.execute(&mut *tx).await?.rows_affected();
             if marked < chunk.len() as u64 {
-                // Fewer than claimed: deleted with their contact, or taken.
-                let sql = format!("SELECT COUNT(*) FROM events WHERE id IN ({list})");
-                let mut q = sqlx::query_scalar::<_, i64>(&sql);
-                for id in chunk {
-                    q = q.bind(id.as_str());
-                }
-                let existing = u64::try_from(q.fetch_one(&mut *tx).await?).unwrap_or(0);
-                if marked < existing {
-                    return Err(StoreError::ClaimLost(existing - marked));
-                }
+                check_claim(&mut tx, self.backend, chunk, marked).await?;
             }
         }
-        // Contact rows are locked in one order (by id) in every transaction:
-        // two nodes finishing lanes of the same tenant then queue on a shared
-        // contact instead of deadlocking on two.
-        let mut updates: Vec<&ContactUpdate> = updates.iter().collect();
-        updates.sort_by(|a, b| (&a.tenant_id, &a.contact_id).cmp(&(&b.tenant_id, &b.contact_id)));
         let mut memo = crate::store::runs::EnrollMemo::default();
-        let activity_done = self.backend == Backend::Sqlite;
-        if activity_done {
-            record_activity_sqlite(&mut tx, &updates, &mut memo).await?;
-            record_scores_sqlite(&mut tx, &updates, at).await?;
-        }
         for u in updates.iter().copied() {
-            if let Some(t) = u.last_activity_at.filter(|_| !activity_done) {
+            if let Some(t) = u.last_activity_at {
                 sqlx::query(
                     "UPDATE contacts SET last_activity_at = CASE WHEN last_activity_at IS NULL OR last_activity_at < $3 \
                      THEN $3 ELSE last_activity_at END WHERE tenant_id = $1 AND id = $2",
@@ -233,7 +224,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            if let Some((old, new, reasons)) = u.score.as_ref().filter(|_| !activity_done) {
+            if let Some((old, new, reasons)) = u.score.as_ref() {
                 let done =
                     sqlx::query("UPDATE contacts SET score = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
                         .bind(&u.tenant_id)
@@ -261,30 +252,7 @@ impl Store {
                 .await?;
             }
         }
-        for u in updates.iter().copied() {
-            let Some(change) = &u.stage_change else { continue };
-            let moved = sqlx::query(
-                "UPDATE contacts SET lifecycle_stage = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2",
-            )
-            .bind(&u.tenant_id)
-            .bind(&u.contact_id)
-            .bind(&change.stage)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() == 0 {
-                continue;
-            }
-            insert_system_event(
-                &mut tx,
-                &u.tenant_id,
-                &u.contact_id,
-                "lifecycle_stage_changed",
-                &change.properties,
-                change.at,
-            )
-            .await?;
-        }
+        record_stage_changes(&mut tx, &updates, at).await?;
         let mut outcomes = Vec::new();
         let lease_until = lease_runs.then(|| crate::store::now_ms() + self.claim_lease_ms());
         for e in updates.iter().flat_map(|u| &u.enrollments) {
@@ -295,14 +263,113 @@ impl Store {
         tx.commit().await?;
         Ok(outcomes)
     }
+
+    /// [`Store::finish_batch_leasing`] on SQLite, in two round trips to the
+    /// write connection's thread (see `script`) where one statement after
+    /// another took ten for a one-event lane: the first script begins the
+    /// transaction, marks the events, moves last activity and scores and
+    /// asks the enrollment rules of every enrollment at once; the second
+    /// inserts the runs they start and commits. A stage change (rare) or a
+    /// claim found short adds statements of their own in between.
+    async fn finish_batch_sqlite(
+        &self,
+        writer: Writer<'_>,
+        updates: &[&ContactUpdate],
+        processed: &[String],
+        lease_runs: bool,
+        at: i64,
+    ) -> Result<Vec<(Enrollment, Option<EnrollOutcome>)>> {
+        let mut tx = self.begin_script_for(writer).await?;
+        let mut first = Script::new(Backend::Sqlite);
+        let mut marks = Vec::new();
+        for chunk in processed.chunks(MAX_IN_LIST) {
+            let list = Params::new(Backend::Sqlite).list(chunk.len());
+            let mut args = AnyArguments::default();
+            for id in chunk {
+                args.add(id.as_str()).map_err(sqlx::Error::Encode)?;
+            }
+            let sql =
+                format!("UPDATE events SET processed = 1, lease_until = NULL WHERE id IN ({list}) AND processed = 0");
+            marks.push((chunk, first.push_with(sql, args)));
+        }
+        push_activity_sqlite(&mut first, updates)?;
+        push_scores_sqlite(&mut first, updates, at)?;
+        let enrollments: Vec<&Enrollment> = updates.iter().flat_map(|u| &u.enrollments).collect();
+        let asked = crate::store::runs::ask_enrollment_rules(&mut first, &enrollments)?;
+        let mut answers = tx.run(first).await?;
+        for (chunk, slot) in marks {
+            let marked = answers.take(slot).rows_affected;
+            if marked < chunk.len() as u64 {
+                check_claim(tx.conn().await?, Backend::Sqlite, chunk, marked).await?;
+            }
+        }
+        if updates.iter().any(|u| u.stage_change.is_some()) {
+            record_stage_changes(tx.conn().await?, updates, at).await?;
+        }
+        let lease_until = lease_runs.then(|| crate::store::now_ms() + self.claim_lease_ms());
+        let mut last = Script::new(Backend::Sqlite);
+        let outcomes = match asked {
+            Some(slot) => {
+                crate::store::runs::decide_enrollments(answers.take(slot), &enrollments, lease_until, &mut last)?
+            }
+            None => Vec::new(),
+        };
+        tx.commit_with(last).await?;
+        Ok(enrollments.into_iter().cloned().zip(outcomes).collect())
+    }
+}
+
+/// Fewer of `chunk`'s events were marked processed than claimed (`marked`):
+/// fine when the others were deleted with their contact, a lost claim
+/// ([`StoreError::ClaimLost`]) when another worker took them.
+async fn check_claim(conn: &mut sqlx::AnyConnection, backend: Backend, chunk: &[String], marked: u64) -> Result<()> {
+    let sql = format!("SELECT COUNT(*) FROM events WHERE id IN ({})", Params::new(backend).list(chunk.len()));
+    let mut q = sqlx::query_scalar::<_, i64>(&sql);
+    for id in chunk {
+        q = q.bind(id.as_str());
+    }
+    let existing = u64::try_from(q.fetch_one(&mut *conn).await?).unwrap_or(0);
+    if marked < existing {
+        return Err(StoreError::ClaimLost(existing - marked));
+    }
+    Ok(())
+}
+
+/// Move each contact with a stage change to its new stage and record the
+/// `lifecycle_stage_changed` event (a contact deleted meanwhile gets
+/// neither).
+async fn record_stage_changes(conn: &mut sqlx::AnyConnection, updates: &[&ContactUpdate], at: i64) -> Result<()> {
+    for u in updates.iter().copied() {
+        let Some(change) = &u.stage_change else { continue };
+        let moved =
+            sqlx::query("UPDATE contacts SET lifecycle_stage = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2")
+                .bind(&u.tenant_id)
+                .bind(&u.contact_id)
+                .bind(&change.stage)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        if moved.rows_affected() == 0 {
+            continue;
+        }
+        insert_system_event(
+            &mut *conn,
+            &u.tenant_id,
+            &u.contact_id,
+            "lifecycle_stage_changed",
+            &change.properties,
+            change.at,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Store each updated contact's new score and its score history entry, in
 /// two statements per [`ACTIVITY_PER_STATEMENT`] contacts (SQLite only), for
-/// the reason [`record_activity_sqlite`] gives: a statement per contact
-/// would hold SQLite's one writer a round trip per statement. A contact
-/// deleted meanwhile gets neither.
-async fn record_scores_sqlite(conn: &mut sqlx::AnyConnection, updates: &[&ContactUpdate], at: i64) -> Result<()> {
+/// the reason [`push_activity_sqlite`] gives. A contact deleted meanwhile
+/// gets neither.
+fn push_scores_sqlite(script: &mut Script<'_>, updates: &[&ContactUpdate], at: i64) -> Result<()> {
     let mut by_tenant: HashMap<&str, Vec<(&str, f64, f64, String)>> = HashMap::new();
     for u in updates {
         if let Some((old, new, reasons)) = &u.score {
@@ -317,57 +384,52 @@ async fn record_scores_sqlite(conn: &mut sqlx::AnyConnection, updates: &[&Contac
                 .map(|(contact, old, new, reasons)| (new_id(), *contact, *old, *new, reasons.as_str()))
                 .collect();
             let changes = sql::to_json(&changes)?;
-            // The unary `+`: see `record_activity_sqlite`.
-            sqlx::query(
-                "UPDATE contacts SET score = a.score, updated_at = $2 \
-                 FROM (SELECT json_extract(value, '$[1]') AS id, json_extract(value, '$[3]') AS score \
-                       FROM json_each($3)) AS a \
-                 WHERE contacts.id = a.id AND +contacts.tenant_id = $1",
-            )
-            .bind(tenant)
-            .bind(at)
-            .bind(&changes)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO score_changes (id, tenant_id, contact_id, old_score, new_score, reasons, at) \
-                 SELECT json_extract(value, '$[0]'), $1, json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-                        json_extract(value, '$[3]'), json_extract(value, '$[4]'), $2 \
-                 FROM json_each($3) \
-                 WHERE EXISTS (SELECT 1 FROM contacts WHERE tenant_id = $1 AND id = json_extract(value, '$[1]'))",
-            )
-            .bind(tenant)
-            .bind(at)
-            .bind(&changes)
-            .execute(&mut *conn)
-            .await?;
+            // The unary `+`: see `push_activity_sqlite`.
+            script.push(
+                sqlx::query(
+                    "UPDATE contacts SET score = a.score, updated_at = $2 \
+                     FROM (SELECT json_extract(value, '$[1]') AS id, json_extract(value, '$[3]') AS score \
+                           FROM json_each($3)) AS a \
+                     WHERE contacts.id = a.id AND +contacts.tenant_id = $1",
+                )
+                .bind(tenant.to_owned())
+                .bind(at)
+                .bind(changes.clone()),
+            )?;
+            script.push(
+                sqlx::query(
+                    "INSERT INTO score_changes (id, tenant_id, contact_id, old_score, new_score, reasons, at) \
+                     SELECT json_extract(value, '$[0]'), $1, json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                            json_extract(value, '$[3]'), json_extract(value, '$[4]'), $2 \
+                     FROM json_each($3) \
+                     WHERE EXISTS (SELECT 1 FROM contacts WHERE tenant_id = $1 AND id = json_extract(value, '$[1]'))",
+                )
+                .bind(tenant.to_owned())
+                .bind(at)
+                .bind(changes),
+            )?;
         }
     }
     Ok(())
 }
 
-/// Contacts in one statement of [`record_activity_sqlite`] at most (the
+/// Contacts in one statement of [`push_activity_sqlite`] at most (the
 /// statement's JSON text grows with them: ~80 bytes each).
 const ACTIVITY_PER_STATEMENT: usize = 1000;
 
 /// Move each updated contact's `last_activity_at` forward, in one
-/// statement per [`ACTIVITY_PER_STATEMENT`] contacts (SQLite only); the
-/// contacts found are noted in `memo` (their enrollments need not look them
-/// up again).
+/// statement per [`ACTIVITY_PER_STATEMENT`] contacts (SQLite only).
 ///
 /// Why not a statement per contact: a lane commits while it holds SQLite's
-/// one writer, and every statement is a round trip to the connection's
-/// thread (~0.1 ms on a busy 2-core machine), so a 64-contact lane's 64
-/// updates cost it ~6 ms of its turn, and every other tenant's write waits
-/// for that turn (`cairn bench --noisy-only`). PostgreSQL keeps the
-/// statement per contact: there rows are locked in the order they are
+/// one writer, and every statement sent alone is a round trip to the
+/// connection's thread (~0.1 ms on a busy 2-core machine), so a 64-contact
+/// lane's 64 updates cost it ~6 ms of its turn, and every other tenant's
+/// write waits for that turn (`cairn bench --noisy-only`); in a script
+/// each statement also costs the preparing of its text. PostgreSQL keeps
+/// the statement per contact: there rows are locked in the order they are
 /// updated, and `finish_batch` locks contacts by id so two nodes cannot
 /// deadlock (SQLite has one writer, so no order is needed).
-async fn record_activity_sqlite(
-    conn: &mut sqlx::AnyConnection,
-    updates: &[&ContactUpdate],
-    memo: &mut crate::store::runs::EnrollMemo,
-) -> Result<()> {
+fn push_activity_sqlite(script: &mut Script<'_>, updates: &[&ContactUpdate]) -> Result<()> {
     let mut by_tenant: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
     for u in updates {
         if let Some(at) = u.last_activity_at {
@@ -382,19 +444,16 @@ async fn record_activity_sqlite(
             // contacts grew to a few thousand in `cairn bench --noisy-only
             // --quick`); without, it walks the list and finds each contact
             // by its key.
-            let found = sqlx::query(
-                "UPDATE contacts SET last_activity_at = max(coalesce(contacts.last_activity_at, a.at), a.at) \
-                 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at \
-                       FROM json_each($2)) AS a \
-                 WHERE contacts.id = a.id AND +contacts.tenant_id = $1 RETURNING contacts.id",
-            )
-            .bind(tenant)
-            .bind(sql::to_json(chunk)?)
-            .fetch_all(&mut *conn)
-            .await?;
-            for row in found {
-                memo.contact_exists(tenant, &row.try_get::<String, _>(0)?);
-            }
+            script.push(
+                sqlx::query(
+                    "UPDATE contacts SET last_activity_at = max(coalesce(contacts.last_activity_at, a.at), a.at) \
+                     FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at \
+                           FROM json_each($2)) AS a \
+                     WHERE contacts.id = a.id AND +contacts.tenant_id = $1",
+                )
+                .bind(tenant.to_owned())
+                .bind(sql::to_json(chunk)?),
+            )?;
         }
     }
     Ok(())

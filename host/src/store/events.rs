@@ -54,9 +54,10 @@ use crate::store::crm::{NOTE_COLUMNS, Note, TASK_COLUMNS, Task, note_from_row, t
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{INVOCATION_COLUMNS, InvocationRecord, invocation_from_row};
 use crate::store::runs::{RUN_STEP_COLUMNS, RunStep, run_step_from_row};
+use crate::store::script::{Answers, Script, Slot};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_ROWS_PER_INSERT, Params, pow2_chunks};
 use crate::store::value::{Properties, decode_properties, encode_properties};
-use crate::store::{Backend, Store, Writer, new_id, now_ms};
+use crate::store::{Backend, ScriptTx, Store, Writer, new_id, now_ms};
 
 /// Most events in one batch: a batch is one transaction, and on SQLite a
 /// transaction holds the only write lock; a huge batch would stall every
@@ -288,10 +289,8 @@ pub(crate) async fn insert_system_event(
     Ok(())
 }
 
-/// Map each of `values` that exists in `column` of `table` (within `tenant`
-/// when given) to its row id. One row per chunk comes back, a JSON array of
-/// pairs: on SQLite every result row crosses a thread boundary, and hundreds
-/// of them would cost more than the query.
+/// Ids of `table`'s rows by the values of `column` (of `tenant`'s rows
+/// when given), in one statement per [`MAX_IN_LIST`] values.
 async fn lookup_ids(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -300,70 +299,88 @@ async fn lookup_ids(
     tenant: Option<&str>,
     values: &[&str],
 ) -> Result<HashMap<String, String>> {
-    Ok(lookup_ids_checking(conn, backend, table, column, tenant, values, false).await?.0)
+    let mut script = Script::new(backend);
+    let asked = ask_ids(&mut script, backend, table, column, tenant, values, false)?;
+    let mut answers = script.run(conn).await?;
+    Ok(asked.read(&mut answers)?.0)
 }
 
-/// [`lookup_ids`]; with `check_tenant`, also whether `tenant` exists,
-/// asked in the same statement (one round trip fewer for the intake's email
-/// lookups, which must know it before they create contacts; `values` must
-/// then not be empty, or nothing is asked and the answer is `false`).
-async fn lookup_ids_checking(
-    conn: &mut AnyConnection,
+/// A lookup of ids asked in a [`Script`] ([`ask_ids`]), read from its
+/// answers.
+struct IdLookup {
+    slots: Vec<Slot>,
+    check_tenant: bool,
+}
+
+/// Ask in `script` for [`lookup_ids`]'s answer; with `check_tenant`, also
+/// whether `tenant` exists, in the same statement (the intake's email
+/// lookups must know it before they create contacts; `values` must then
+/// not be empty, or nothing is asked and the answer is `false`).
+fn ask_ids(
+    script: &mut Script<'_>,
     backend: Backend,
     table: &str,
     column: &str,
     tenant: Option<&str>,
     values: &[&str],
     check_tenant: bool,
-) -> Result<(HashMap<String, String>, bool)> {
+) -> Result<IdLookup> {
     let pairs = match backend {
         Backend::Sqlite => format!("json_group_array(json_array({column}, id))"),
         Backend::Postgres => format!("json_agg(json_build_array({column}, id))::text"),
     };
-    let mut found = HashMap::with_capacity(values.len());
-    let mut tenant_known = false;
+    let mut slots = Vec::new();
     for (n, (start, len)) in pow2_chunks(values.len(), MAX_IN_LIST).into_iter().enumerate() {
         let mut p = Params::new(backend);
+        let mut args = AnyArguments::default();
         // The first chunk asks (placeholders are bound in the order they
         // appear: this one first).
-        let ask = match tenant {
-            Some(t) if check_tenant && n == 0 => Some(t),
-            _ => None,
-        };
-        let known = match ask {
-            Some(_) => format!(
-                ", CAST(CASE WHEN EXISTS (SELECT 1 FROM tenants WHERE id = {}) THEN 1 ELSE 0 END AS BIGINT) AS known",
-                p.one()
-            ),
-            None => String::new(),
+        let known = match tenant {
+            Some(t) if check_tenant && n == 0 => {
+                args.add(t.to_owned()).map_err(sqlx::Error::Encode)?;
+                format!(
+                    ", CAST(CASE WHEN EXISTS (SELECT 1 FROM tenants WHERE id = {}) THEN 1 ELSE 0 END AS BIGINT) AS known",
+                    p.one()
+                )
+            }
+            _ => String::new(),
         };
         let filter = match tenant {
-            Some(_) => format!("tenant_id = {} AND ", p.one()),
+            Some(t) => {
+                args.add(t.to_owned()).map_err(sqlx::Error::Encode)?;
+                format!("tenant_id = {} AND ", p.one())
+            }
             None => String::new(),
         };
-        let sql = format!("SELECT {pairs} AS pairs{known} FROM {table} WHERE {filter}{column} IN ({})", p.list(len));
-        let mut q = sqlx::query(&sql);
-        if let Some(t) = ask {
-            q = q.bind(t);
-        }
-        if let Some(t) = tenant {
-            q = q.bind(t);
-        }
         for v in &values[start..start + len] {
-            q = q.bind(*v);
+            args.add(v.to_string()).map_err(sqlx::Error::Encode)?;
         }
-        let row = q.fetch_one(&mut *conn).await?;
-        if ask.is_some() {
-            tenant_known = row.try_get::<i64, _>("known")? != 0;
-        }
-        // PostgreSQL aggregates no rows to NULL, SQLite to `[]`.
-        if let Some(json) = row.try_get::<Option<String>, _>("pairs")? {
-            let pairs: Vec<(String, String)> =
-                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("id lookup: {e}")))?;
-            found.extend(pairs);
-        }
+        let sql = format!("SELECT {pairs} AS pairs{known} FROM {table} WHERE {filter}{column} IN ({})", p.list(len));
+        slots.push(script.push_with(sql, args));
     }
-    Ok((found, tenant_known))
+    Ok(IdLookup { slots, check_tenant: check_tenant && tenant.is_some() })
+}
+
+impl IdLookup {
+    /// The ids found by value, and whether the tenant exists (when asked).
+    fn read(self, answers: &mut Answers) -> Result<(HashMap<String, String>, bool)> {
+        let mut found = HashMap::new();
+        let mut tenant_known = false;
+        for (n, slot) in self.slots.into_iter().enumerate() {
+            let answer = answers.take(slot);
+            let row = answer.rows.first().ok_or_else(|| StoreError::Corrupt("an id lookup answered no row".into()))?;
+            if self.check_tenant && n == 0 {
+                tenant_known = row.try_get::<i64, _>("known")? != 0;
+            }
+            // PostgreSQL aggregates no rows to NULL, SQLite to `[]`.
+            if let Some(json) = row.try_get::<Option<String>, _>("pairs")? {
+                let pairs: Vec<(String, String)> =
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("id lookup: {e}")))?;
+                found.extend(pairs);
+            }
+        }
+        Ok((found, tenant_known))
+    }
 }
 
 /// Stored events of `tenant` by idempotency key, for the given keys (on the
@@ -374,7 +391,17 @@ async fn events_by_key(
     tenant: &str,
     keys: &[&str],
 ) -> Result<HashMap<String, Event>> {
-    let mut found = HashMap::new();
+    let mut script = Script::new(backend);
+    let asked = ask_events_by_key(&mut script, backend, tenant, keys)?;
+    let mut answers = script.run(conn).await?;
+    asked.read(&mut answers)
+}
+
+/// [`events_by_key`] asked in a [`Script`].
+struct KeyLookup(Vec<Slot>);
+
+fn ask_events_by_key(script: &mut Script<'_>, backend: Backend, tenant: &str, keys: &[&str]) -> Result<KeyLookup> {
+    let mut slots = Vec::new();
     for (start, len) in pow2_chunks(keys.len(), MAX_IN_LIST) {
         let mut p = Params::new(backend);
         let sql = format!(
@@ -382,15 +409,26 @@ async fn events_by_key(
             p.one(),
             p.list(len)
         );
-        let mut q = sqlx::query(&sql).bind(tenant);
+        let mut args = AnyArguments::default();
+        args.add(tenant.to_owned()).map_err(sqlx::Error::Encode)?;
         for k in &keys[start..start + len] {
-            q = q.bind(*k);
+            args.add(k.to_string()).map_err(sqlx::Error::Encode)?;
         }
-        for row in q.fetch_all(&mut *conn).await? {
-            found.insert(row.try_get("idempotency_key")?, event_from_row(&row)?);
-        }
+        slots.push(script.push_with(sql, args));
     }
-    Ok(found)
+    Ok(KeyLookup(slots))
+}
+
+impl KeyLookup {
+    fn read(self, answers: &mut Answers) -> Result<HashMap<String, Event>> {
+        let mut found = HashMap::new();
+        for slot in self.0 {
+            for row in answers.take(slot).rows {
+                found.insert(row.try_get("idempotency_key")?, event_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// New contacts [`create_contacts_for_emails`] reads back from its insert
@@ -439,6 +477,43 @@ async fn create_contacts_for_emails(
     Ok(created)
 }
 
+/// Create lead contacts for `emails` of `tenant` in `script` (SQLite, which
+/// the caller holds the write lock of: none of them can appear meanwhile),
+/// and return every email's new contact id.
+fn ask_create_contacts(
+    script: &mut Script<'_>,
+    tenant: &str,
+    emails: &[&str],
+    now: i64,
+) -> Result<HashMap<String, String>> {
+    let mut created = HashMap::with_capacity(emails.len());
+    for (start, len) in pow2_chunks(emails.len(), MAX_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO contacts (id, tenant_id, email, lifecycle_stage, score, properties, created_at, updated_at) \
+             VALUES {}",
+            Params::new(Backend::Sqlite).rows(len, 8),
+        );
+        let mut args = AnyArguments::default();
+        for email in &emails[start..start + len] {
+            let id = new_id();
+            let add = |args: &mut AnyArguments<'_>| -> std::result::Result<(), BoxDynError> {
+                args.add(id.clone())?;
+                args.add(tenant.to_owned())?;
+                args.add(email.to_string())?;
+                args.add(DEFAULT_STAGE)?;
+                args.add(0.0f64)?;
+                args.add("{}")?;
+                args.add(now)?;
+                args.add(now)
+            };
+            add(&mut args).map_err(sqlx::Error::Encode)?;
+            created.insert(email.to_string(), id);
+        }
+        script.push_with(sql, args);
+    }
+    Ok(created)
+}
+
 /// Add the insert arguments of one event, in [`INSERT_COLUMNS`] order.
 fn bind_event<'q>(args: &mut AnyArguments<'q>, tenant: &'q str, e: &'q Prepared, now: i64) -> Result<(), BoxDynError> {
     args.add(e.id.as_str())?;
@@ -449,6 +524,38 @@ fn bind_event<'q>(args: &mut AnyArguments<'q>, tenant: &'q str, e: &'q Prepared,
     args.add(e.properties_json.as_str())?;
     args.add(now)?;
     args.add(e.idempotency_key.as_deref())
+}
+
+/// The lookups [`Store::ask_tenant`] asked for one tenant's requests.
+struct TenantLookups {
+    ids: IdLookup,
+    emails: EmailLookup,
+    keys: KeyLookup,
+}
+
+/// What a tenant's lookups found.
+struct Found {
+    /// Contact ids found by id.
+    by_id: HashMap<String, String>,
+    /// Contact ids by email.
+    by_email: HashMap<String, String>,
+    /// Whether the tenant exists, when emails asked it.
+    tenant_known: Option<bool>,
+}
+
+/// Contacts by email, asked with whether the tenant exists.
+struct EmailLookup {
+    /// Whether any email was asked (with none, nothing is known of the tenant).
+    asked: bool,
+    ids: IdLookup,
+}
+
+impl EmailLookup {
+    /// Contact ids by email, and whether the tenant exists (`None`: not asked).
+    fn read(self, answers: &mut Answers) -> Result<(HashMap<String, String>, Option<bool>)> {
+        let (found, known) = self.ids.read(answers)?;
+        Ok((found, self.asked.then_some(known)))
+    }
 }
 
 /// What becomes of one event of a group commit.
@@ -503,37 +610,46 @@ impl Store {
             .collect();
         let mut outcomes = Vec::new();
         if reqs.iter().any(|r| r.ok() && !r.events.is_empty()) {
-            let mut tx = self.begin_write_for(writer).await?;
-            outcomes = self.write_requests(&mut tx, &mut reqs, now).await?;
-            tx.commit().await?;
+            let tx = self.begin_script_for(writer).await?;
+            outcomes = self.write_requests(tx, &mut reqs, now).await?;
         }
         Ok(finish_requests(reqs, now, outcomes))
     }
 
-    /// Resolve contacts and insert the events of every request still ok.
-    /// Returns the outcome of each event of those requests, in order.
-    async fn write_requests(&self, conn: &mut AnyConnection, reqs: &mut [Request], now: i64) -> Result<Vec<Outcome>> {
+    /// Resolve contacts and insert the events of every request still ok,
+    /// then commit. Returns the outcome of each event of those requests, in
+    /// order.
+    ///
+    /// In two scripts (see `script`): the first begins the transaction and
+    /// asks every lookup at once (contacts by id and by email, whether the
+    /// tenant exists, idempotency keys already stored); the second creates
+    /// the missing contacts, inserts the events and commits. On a SQLite
+    /// file that is two round trips to the write connection's thread, where
+    /// one statement after another took five for a one-event request with
+    /// a new contact, every other writer of the process waiting.
+    async fn write_requests(&self, mut tx: ScriptTx, reqs: &mut [Request], now: i64) -> Result<Vec<Outcome>> {
         let mut by_tenant: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in reqs.iter().enumerate().filter(|(_, r)| r.ok()) {
             by_tenant.entry(r.tenant.clone()).or_default().push(i);
         }
+        let mut ask = Script::new(self.backend);
+        let mut asked = Vec::with_capacity(by_tenant.len());
         for (tenant, idxs) in &by_tenant {
-            self.resolve_contacts(conn, tenant, idxs, reqs, now).await?;
+            asked.push((tenant, idxs, self.ask_tenant(&mut ask, tenant, idxs, reqs)?));
+        }
+        let mut answers = tx.run(ask).await?;
+        let mut last = Script::new(self.backend);
+        let mut stored: HashMap<&str, HashMap<String, Event>> = HashMap::new();
+        for (tenant, idxs, lookups) in asked {
+            stored.insert(tenant, lookups.keys.read(&mut answers)?);
+            let (by_email, tenant_known) = lookups.emails.read(&mut answers)?;
+            let found = Found { by_id: lookups.ids.read(&mut answers)?.0, by_email, tenant_known };
+            self.resolve_contacts(&mut tx, &mut last, tenant, idxs, reqs, found, now).await?;
         }
         let rows: Vec<(&str, &Prepared)> =
             reqs.iter().filter(|r| r.ok()).flat_map(|r| r.events.iter().map(move |e| (r.tenant.as_str(), e))).collect();
 
         // Idempotency: keys already stored, and keys repeated in this commit.
-        let mut keys: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (tenant, e) in &rows {
-            if let Some(k) = &e.idempotency_key {
-                keys.entry(tenant).or_default().push(k);
-            }
-        }
-        let mut stored: HashMap<&str, HashMap<String, Event>> = HashMap::new();
-        for (tenant, keys) in &keys {
-            stored.insert(tenant, events_by_key(conn, self.backend, tenant, keys).await?);
-        }
         let mut first: HashMap<(&str, &str), usize> = HashMap::new();
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
         for (i, (tenant, e)) in rows.iter().enumerate() {
@@ -562,7 +678,7 @@ impl Store {
             let key = |i: usize| (rows[i].1.idempotency_key.is_none(), rows[i].0, rows[i].1.idempotency_key.as_deref());
             key(a).cmp(&key(b))
         });
-        let mut raced: Vec<usize> = Vec::new();
+        let mut inserts = Vec::new();
         for (start, len) in pow2_chunks(fresh.len(), MAX_ROWS_PER_INSERT) {
             let chunk = &fresh[start..start + len];
             let sql = format!(
@@ -575,48 +691,86 @@ impl Store {
                 let (tenant, e) = rows[i];
                 bind_event(&mut args, tenant, e, now).map_err(sqlx::Error::Encode)?;
             }
-            let done = sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-            if done.rows_affected() < len as u64 {
+            inserts.push((chunk, last.push_with(sql, args)));
+        }
+        let mut answers = tx.commit_with(last).await?;
+        let mut raced: Vec<usize> = Vec::new();
+        for (chunk, slot) in inserts {
+            if answers.take(slot).rows_affected < chunk.len() as u64 {
                 // Another process stored one of these keys after the check
                 // above (PostgreSQL; SQLite holds the write lock throughout).
                 raced.extend(chunk.iter().filter(|&&i| rows[i].1.idempotency_key.is_some()));
             }
         }
-        for i in raced {
-            let (tenant, e) = rows[i];
-            let Some(k) = e.idempotency_key.as_deref() else { continue };
-            if let Some(existing) = events_by_key(conn, self.backend, tenant, &[k]).await?.remove(k)
-                && existing.id != e.id
-            {
-                outcomes[i] = Outcome::Stored(existing);
+        if !raced.is_empty() {
+            // Committed by now, as is the other process's event that won.
+            let mut conn = self.pool.acquire().await?;
+            for i in raced {
+                let (tenant, e) = rows[i];
+                let Some(k) = e.idempotency_key.as_deref() else { continue };
+                if let Some(existing) = events_by_key(&mut conn, self.backend, tenant, &[k]).await?.remove(k)
+                    && existing.id != e.id
+                {
+                    outcomes[i] = Outcome::Stored(existing);
+                }
             }
         }
         Ok(outcomes)
     }
 
+    /// Ask in `script` what the requests `idxs` (all of `tenant`) need
+    /// looked up: their contacts by id, by email (with whether the tenant
+    /// exists) and their idempotency keys already stored.
+    fn ask_tenant(
+        &self,
+        script: &mut Script<'_>,
+        tenant: &str,
+        idxs: &[usize],
+        reqs: &[Request],
+    ) -> Result<TenantLookups> {
+        let mut ids: HashSet<&str> = HashSet::new();
+        let mut emails: HashSet<&str> = HashSet::new();
+        let mut keys: HashSet<&str> = HashSet::new();
+        for e in idxs.iter().flat_map(|&i| &reqs[i].events) {
+            match &e.target {
+                Target::Id(id) => ids.insert(id),
+                Target::Email(m) => emails.insert(m),
+            };
+            if let Some(k) = &e.idempotency_key {
+                keys.insert(k);
+            }
+        }
+        let (ids, emails, keys): (Vec<&str>, Vec<&str>, Vec<&str>) =
+            (ids.into_iter().collect(), emails.into_iter().collect(), keys.into_iter().collect());
+        Ok(TenantLookups {
+            ids: ask_ids(script, self.backend, "contacts", "id", Some(tenant), &ids, false)?,
+            emails: EmailLookup {
+                asked: !emails.is_empty(),
+                ids: ask_ids(script, self.backend, "contacts", "email", Some(tenant), &emails, true)?,
+            },
+            keys: ask_events_by_key(script, self.backend, tenant, &keys)?,
+        })
+    }
+
     /// Give every event of the requests `idxs` (all of `tenant`) its contact
-    /// id; fail requests that name a contact id the tenant does not have, or
-    /// a tenant that does not exist.
+    /// id, from what [`Store::ask_tenant`] asked; fail requests that
+    /// name a contact id the tenant does not have, or a tenant that does not
+    /// exist. Missing contacts of emails are created: on SQLite in `last`
+    /// (the ids are made here, and no other writer can take an email
+    /// meanwhile), on PostgreSQL now, where a concurrent transaction may
+    /// create the same email first.
+    #[allow(clippy::too_many_arguments)]
     async fn resolve_contacts(
         &self,
-        conn: &mut AnyConnection,
+        tx: &mut ScriptTx,
+        last: &mut Script<'_>,
         tenant: &str,
         idxs: &[usize],
         reqs: &mut [Request],
+        found: Found,
         now: i64,
     ) -> Result<()> {
-        let mut ids: HashSet<&str> = HashSet::new();
-        let mut emails: HashSet<&str> = HashSet::new();
-        for &i in idxs {
-            for e in &reqs[i].events {
-                match &e.target {
-                    Target::Id(id) => ids.insert(id),
-                    Target::Email(m) => emails.insert(m),
-                };
-            }
-        }
-        let ids: Vec<&str> = ids.into_iter().collect();
-        let found_ids = lookup_ids(conn, self.backend, "contacts", "id", Some(tenant), &ids).await?;
+        let Found { by_id: found_ids, mut by_email, tenant_known: tenant_asked } = found;
         for &i in idxs {
             let unknown = reqs[i].events.iter().find_map(|e| match &e.target {
                 Target::Id(id) if !found_ids.contains_key(id) => Some(id.clone()),
@@ -627,7 +781,7 @@ impl Store {
             }
         }
         // Emails only of requests still ok: a failed request creates nothing.
-        let emails: Vec<&str> = {
+        let mut missing: Vec<String> = {
             let mut set: HashSet<&str> = HashSet::new();
             for &i in idxs.iter().filter(|&&i| reqs[i].ok()) {
                 for e in &reqs[i].events {
@@ -636,26 +790,28 @@ impl Store {
                     }
                 }
             }
-            set.into_iter().collect()
-        };
-        // A contact found in the tenant proves the tenant exists; email
-        // events, which may create contacts, ask for it with their lookup.
-        let (mut by_email, tenant_known) = match emails.is_empty() {
-            true => (HashMap::new(), true),
-            false => lookup_ids_checking(conn, self.backend, "contacts", "email", Some(tenant), &emails, true).await?,
-        };
-        if !tenant_known {
-            for &i in idxs {
-                reqs[i].failed = Some(StoreError::UnknownTenant(tenant.to_owned()));
+            // A contact found in the tenant proves the tenant exists; email
+            // events, which may create contacts, asked for it with their lookup.
+            if !set.is_empty() && tenant_asked != Some(true) {
+                for &i in idxs {
+                    reqs[i].failed = Some(StoreError::UnknownTenant(tenant.to_owned()));
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            set.into_iter().filter(|m| !by_email.contains_key(*m)).map(str::to_owned).collect()
+        };
         // Sorted, like event keys: concurrent inserts of overlapping emails
         // then lock in one order.
-        let mut missing: Vec<&str> = emails.iter().copied().filter(|m| !by_email.contains_key(*m)).collect();
         missing.sort_unstable();
         if !missing.is_empty() {
-            by_email.extend(create_contacts_for_emails(conn, self.backend, tenant, &missing, now).await?);
+            let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+            let created = match self.backend {
+                Backend::Sqlite => ask_create_contacts(last, tenant, &missing, now)?,
+                Backend::Postgres => {
+                    create_contacts_for_emails(tx.conn().await?, self.backend, tenant, &missing, now).await?
+                }
+            };
+            by_email.extend(created);
         }
         for &i in idxs {
             if !reqs[i].ok() {

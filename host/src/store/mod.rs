@@ -23,6 +23,7 @@
 //! - `error`: [`StoreError`].
 //! - `value`: [`Value`] and [`Properties`], typed property values and their JSON.
 //! - `sql`: placeholders, chunking and row helpers shared by the queries.
+//! - `script`: several statements in one round trip ([`ScriptTx`]).
 //! - `tenants`: tenants and hashed API keys.
 //! - `contacts`: contacts, tags, score and lifecycle stage; the events their
 //!   changes emit (`contact_created`, `property_changed`, ...).
@@ -64,6 +65,7 @@ mod invocations;
 mod ownership;
 mod plugins;
 mod runs;
+mod script;
 mod sql;
 mod tenants;
 #[doc(hidden)]
@@ -398,6 +400,129 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
+/// A write transaction whose statements go as [`script::Script`]s: on a
+/// SQLite file, `BEGIN IMMEDIATE` rides in its first script and `COMMIT` in
+/// its last, so a turn of two scripts is two round trips to the write
+/// connection's thread, not one per statement plus two. Elsewhere it is a
+/// transaction like [`WriteTx`]'s, each script a statement after another.
+///
+/// Why raw `BEGIN` and `COMMIT` rather than sqlx's transaction manager:
+/// its `begin` is a round trip of its own, before the first statement can
+/// be sent. sqlx's count of open transactions on the write connection then
+/// stays at zero, as it is between its own transactions: a [`ScriptTx`]
+/// always ends its transaction (commit, rollback, or a rollback queued when
+/// dropped unfinished) before the connection goes to the next turn.
+pub(crate) struct ScriptTx {
+    // Before the turn, so dropped first (as in `WriteTx`).
+    tx: ScriptConn,
+    turn: WriteTurn,
+}
+
+enum ScriptConn {
+    /// On a connection of a pool (PostgreSQL, in-memory SQLite).
+    Pooled(Transaction<'static, Any>),
+    /// On a SQLite file's write connection.
+    Held(RawHeld),
+}
+
+/// A SQLite file's write connection in a [`ScriptTx`]: the transaction
+/// sqlx does not know of, rolled back when dropped unfinished.
+struct RawHeld {
+    /// `None` once handed to the rollback queued on drop.
+    conn: Option<HeldConn>,
+    state: RawTx,
+}
+
+/// Where a [`ScriptTx`]'s raw transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawTx {
+    /// Nothing sent yet: the next script begins it.
+    NotBegun,
+    /// `BEGIN` sent (possibly failed: a rollback of no transaction is harmless).
+    Open,
+    /// Committed or rolled back.
+    Ended,
+}
+
+impl Drop for RawHeld {
+    fn drop(&mut self) {
+        if self.state != RawTx::Open {
+            return;
+        }
+        let Some(mut conn) = self.conn.take() else { return };
+        // The connection stays locked until the rollback ran: the next turn
+        // waits for it (`Store::write_gate_for` locks the connection).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = conn.execute("ROLLBACK").await {
+                    tracing::debug!("rolling back an unfinished SQLite write: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl ScriptTx {
+    /// Run `script` in the transaction.
+    pub(crate) async fn run(&mut self, script: script::Script<'_>) -> Result<script::Answers> {
+        match &mut self.tx {
+            ScriptConn::Pooled(tx) => script.run(tx).await,
+            ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
+                let begin = *state == RawTx::NotBegun;
+                if begin {
+                    *state = RawTx::Open;
+                }
+                let answered = script.run_framed(conn, begin, false).await;
+                self.turn.check(answered)
+            }
+            ScriptConn::Held(RawHeld { conn: None, .. }) => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+
+    /// The connection, for statements that need an answer before the next
+    /// can be written; begins the transaction first if no script has.
+    pub(crate) async fn conn(&mut self) -> Result<&mut AnyConnection> {
+        match &mut self.tx {
+            ScriptConn::Pooled(tx) => Ok(&mut **tx),
+            ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
+                if *state == RawTx::NotBegun {
+                    *state = RawTx::Open;
+                    let begun = conn.execute("BEGIN IMMEDIATE").await;
+                    self.turn.check(begun)?;
+                }
+                Ok(&mut **conn)
+            }
+            ScriptConn::Held(RawHeld { conn: None, .. }) => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+
+    /// Run `script` and commit, in one round trip on a SQLite file.
+    pub(crate) async fn commit_with(mut self, script: script::Script<'_>) -> Result<script::Answers> {
+        let answers = match &mut self.tx {
+            ScriptConn::Pooled(tx) => script.run(tx).await?,
+            ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
+                if *state == RawTx::NotBegun && script.is_empty() {
+                    *state = RawTx::Ended;
+                    return Ok(script::Answers::default());
+                }
+                let begin = *state == RawTx::NotBegun;
+                *state = RawTx::Open;
+                let answered = script.run_framed(conn, begin, true).await;
+                let answers = self.turn.check(answered)?;
+                *state = RawTx::Ended;
+                answers
+            }
+            ScriptConn::Held(RawHeld { conn: None, .. }) => return Err(sqlx::Error::PoolClosed.into()),
+        };
+        if let ScriptConn::Pooled(tx) =
+            std::mem::replace(&mut self.tx, ScriptConn::Held(RawHeld { conn: None, state: RawTx::Ended }))
+        {
+            tx.commit().await?;
+        }
+        Ok(answers)
+    }
+}
+
 /// A task that ends when this handle is dropped.
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -594,6 +719,32 @@ impl Store {
             (Backend::Postgres, _) => Tx::Pooled(self.pool.begin().await?),
         };
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Begin a [`ScriptTx`] for `writer` (where it queues on SQLite: see
+    /// [`write_gate`]). On a SQLite file nothing is sent yet: its first
+    /// script begins it (`BEGIN IMMEDIATE`, for the reason
+    /// [`Store::begin_write_for`] gives).
+    #[track_caller]
+    pub(crate) fn begin_script_for<'a>(
+        &'a self,
+        writer: Writer<'a>,
+    ) -> impl std::future::Future<Output = Result<ScriptTx>> + Send + 'a {
+        let turn = self.write_gate_for(writer);
+        async move {
+            let mut turn = turn.await?;
+            let tx = match (self.backend, turn.conn.take()) {
+                (Backend::Sqlite, Some(TurnConn::Held(conn))) => {
+                    ScriptConn::Held(RawHeld { conn: Some(conn), state: RawTx::NotBegun })
+                }
+                (Backend::Sqlite, _) => {
+                    let begun = self.pool.begin_with("BEGIN IMMEDIATE").await;
+                    ScriptConn::Pooled(turn.check(begun)?)
+                }
+                (Backend::Postgres, _) => ScriptConn::Pooled(self.pool.begin().await?),
+            };
+            Ok(ScriptTx { tx, turn })
+        }
     }
 
     /// Wait for this process's turn to write, for no one tenant (see
@@ -838,6 +989,44 @@ mod writer_tests {
 
         let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM kept ORDER BY x").fetch_all(store.pool()).await.unwrap();
         assert_eq!(rows, [2], "the dropped and the rolled-back writes left nothing; the one between them stayed");
+    }
+
+    /// A [`ScriptTx`] begins and ends its transaction itself, inside its
+    /// scripts: one dropped unfinished, or whose script failed, leaves
+    /// nothing and the next writer (sqlx's transactions too) finds the
+    /// connection out of any transaction; one committed keeps all of its
+    /// scripts' writes.
+    #[tokio::test]
+    async fn a_script_transaction_commits_in_its_last_script_and_rolls_back_when_dropped() {
+        let db = TempSqlite::new();
+        let store = db.open().await.unwrap();
+        write(&store, "CREATE TABLE kept (x INTEGER PRIMARY KEY)").await;
+        let insert = |x: i64| sqlx::query("INSERT INTO kept VALUES ($1)").bind(x);
+        let script = |xs: &[i64]| {
+            let mut s = script::Script::new(Backend::Sqlite);
+            for &x in xs {
+                s.push(insert(x)).unwrap();
+            }
+            s
+        };
+
+        let mut tx = store.begin_script_for(Writer::Shared).await.unwrap();
+        tx.run(script(&[1])).await.unwrap();
+        drop(tx);
+        let mut tx = store.begin_script_for(Writer::Shared).await.unwrap();
+        assert!(tx.run(script(&[2, 2])).await.is_err(), "the duplicate key fails the script");
+        drop(tx);
+        let mut tx = store.begin_script_for(Writer::Shared).await.unwrap();
+        tx.run(script(&[3])).await.unwrap();
+        sqlx::query("INSERT INTO kept VALUES (4)").execute(tx.conn().await.unwrap()).await.unwrap();
+        tx.commit_with(script(&[5])).await.unwrap();
+        write(&store, "INSERT INTO kept VALUES (6)").await;
+        let tx = store.begin_script_for(Writer::Shared).await.unwrap();
+        tx.commit_with(script(&[])).await.unwrap();
+        store.begin_script_for(Writer::Shared).await.unwrap().commit_with(script(&[7])).await.unwrap();
+
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM kept ORDER BY x").fetch_all(store.pool()).await.unwrap();
+        assert_eq!(rows, [3, 4, 5, 6, 7], "the dropped and the failed transactions left nothing");
     }
 
     /// Closing a store closes its write connection too (a pool's close waits

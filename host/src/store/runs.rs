@@ -31,13 +31,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{AnyConnection, Arguments, Row};
 
 use crate::store::coalesce::Job;
 use crate::store::error::{Result, StoreError};
 use crate::store::invocations::{InvocationRecord, insert_invocation};
-use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, Params, page_limit};
+use crate::store::script::{Answer, Script, Slot};
+use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, MAX_ROWS_PER_INSERT, Params, page_limit};
 use crate::store::{Backend, Page, Store, Writer, new_id, now_ms};
 
 /// Longest enrollment key (keys are built from ids: workflow, event,
@@ -328,14 +329,6 @@ pub(crate) struct EnrollMemo {
     in_flight: HashSet<(String, String, String)>,
 }
 
-impl EnrollMemo {
-    /// `contact` of `tenant` exists: its row was just written in this
-    /// transaction, so an enrollment need not look it up.
-    pub(crate) fn contact_exists(&mut self, tenant: &str, contact: &str) {
-        self.contacts.insert((tenant.to_owned(), contact.to_owned()), true);
-    }
-}
-
 /// [`enroll_one`] inside a caller's transaction (the pipeline's batch):
 /// locks the workflow's row on PostgreSQL like [`Store::enroll`], and
 /// answers `None`, recording nothing, when the workflow or the contact no
@@ -444,30 +437,71 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment, lease_until: Optio
     .bind(&e.enrollment_key)
     .fetch_one(&mut *conn)
     .await?;
-    let key_used: i64 = row.try_get("key_used")?;
-    if key_used != 0 {
-        return Ok(EnrollOutcome::Duplicate);
+    if let Some(refused) = refusal(e, &RulesRead::from_row(&row)?) {
+        return Ok(refused);
     }
-    let total: i64 = row.try_get("total")?;
-    let waiting: i64 = row.try_get("waiting")?;
-    let latest: Option<i64> = row.try_get("latest")?;
-    let today: i64 = row.try_get("today")?;
-    if waiting > 0 {
-        return Ok(EnrollOutcome::InFlight);
+    let run = new_run(e);
+    // Numbered placeholders on both backends: 19 are few (see `Params`).
+    let mut p = Params::new(Backend::Postgres);
+    sqlx::query_with(&insert_runs_sql(&mut p, 1), run_args(&run, lease_until)?).execute(&mut *conn).await?;
+    Ok(EnrollOutcome::Enrolled(run))
+}
+
+/// What the enrollment rules read of a workflow's runs, for one enrollment.
+#[derive(Debug, Clone, Copy)]
+struct RulesRead {
+    /// A run of the workflow has the enrollment's key.
+    key_used: bool,
+    /// The contact's runs of the workflow.
+    total: i64,
+    /// Of those, still waiting.
+    waiting: i64,
+    /// The latest of their enrollment times.
+    latest: Option<i64>,
+    /// Of those, enrolled in the 24 hours up to the enrollment's time.
+    today: i64,
+}
+
+impl RulesRead {
+    fn from_row(row: &AnyRow) -> Result<RulesRead> {
+        Ok(RulesRead {
+            key_used: row.try_get::<i64, _>("key_used")? != 0,
+            total: row.try_get("total")?,
+            waiting: row.try_get("waiting")?,
+            latest: row.try_get("latest")?,
+            today: row.try_get("today")?,
+        })
     }
-    if !e.reenroll && total > 0 {
-        return Ok(EnrollOutcome::NotReenrollable);
+}
+
+/// The rules' answer to an enrollment: why it is refused, or `None` when
+/// it enrolls.
+fn refusal(e: &Enrollment, read: &RulesRead) -> Option<EnrollOutcome> {
+    if read.key_used {
+        return Some(EnrollOutcome::Duplicate);
     }
-    if let (Some(interval), Some(latest)) = (e.min_interval_ms, latest)
+    if read.waiting > 0 {
+        return Some(EnrollOutcome::InFlight);
+    }
+    if !e.reenroll && read.total > 0 {
+        return Some(EnrollOutcome::NotReenrollable);
+    }
+    if let (Some(interval), Some(latest)) = (e.min_interval_ms, read.latest)
         && latest > e.at - interval
     {
-        return Ok(EnrollOutcome::TooSoon);
+        return Some(EnrollOutcome::TooSoon);
     }
-    if today >= e.max_per_day {
-        return Ok(EnrollOutcome::RateLimited);
+    if read.today >= e.max_per_day {
+        return Some(EnrollOutcome::RateLimited);
     }
+    None
+}
+
+/// The run an allowed enrollment starts: waiting, due at once, at its first
+/// step; completed at once when the workflow has no steps.
+fn new_run(e: &Enrollment) -> Run {
     let done = e.first_step.is_none();
-    let run = Run {
+    Run {
         id: new_id(),
         tenant_id: e.tenant_id.clone(),
         workflow_id: e.workflow_id.clone(),
@@ -486,33 +520,178 @@ async fn enroll_one(conn: &mut AnyConnection, e: &Enrollment, lease_until: Optio
         enrolled_at: e.at,
         updated_at: e.at,
         finished_at: if done { Some(e.at) } else { None },
+    }
+}
+
+/// Columns [`insert_runs_sql`] writes per run.
+const INSERT_RUN_WIDTH: usize = 19;
+
+/// `INSERT` of `rows` new runs, placeholders from `p`.
+fn insert_runs_sql(p: &mut Params, rows: usize) -> String {
+    format!("INSERT INTO workflow_runs ({RUN_COLUMNS}, lease_until) VALUES {}", p.rows(rows, INSERT_RUN_WIDTH))
+}
+
+/// Add a new run's values to `args`, in [`insert_runs_sql`]'s order; a
+/// waiting run is leased until `lease_until` when given.
+fn add_run_args(args: &mut AnyArguments<'_>, run: &Run, lease_until: Option<i64>) -> Result<()> {
+    let lease_until = lease_until.filter(|_| run.status == WAITING);
+    let add = |args: &mut AnyArguments<'_>| -> std::result::Result<(), sqlx::error::BoxDynError> {
+        args.add(run.id.clone())?;
+        args.add(run.tenant_id.clone())?;
+        args.add(run.workflow_id.clone())?;
+        args.add(run.version)?;
+        args.add(run.contact_id.clone())?;
+        args.add(run.status.clone())?;
+        args.add(run.cursor.clone())?;
+        args.add(run.wake_at)?;
+        args.add(run.attempts)?;
+        args.add("{}")?;
+        args.add("{}")?;
+        args.add(run.trigger_event_id.clone())?;
+        args.add(run.enrollment_key.clone())?;
+        args.add(None::<String>)?;
+        args.add(None::<String>)?;
+        args.add(run.enrolled_at)?;
+        args.add(run.updated_at)?;
+        args.add(run.finished_at)?;
+        args.add(lease_until)?;
+        Ok(())
     };
-    sqlx::query(&format!(
-        "INSERT INTO workflow_runs ({RUN_COLUMNS}, lease_until) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-    ))
-    .bind(&run.id)
-    .bind(&run.tenant_id)
-    .bind(&run.workflow_id)
-    .bind(run.version)
-    .bind(&run.contact_id)
-    .bind(&run.status)
-    .bind(run.cursor.as_deref())
-    .bind(run.wake_at)
-    .bind(run.attempts)
-    .bind("{}")
-    .bind("{}")
-    .bind(run.trigger_event_id.as_deref())
-    .bind(&run.enrollment_key)
-    .bind(None::<String>)
-    .bind(None::<String>)
-    .bind(run.enrolled_at)
-    .bind(run.updated_at)
-    .bind(run.finished_at)
-    .bind(lease_until.filter(|_| !done))
-    .execute(&mut *conn)
-    .await?;
-    Ok(EnrollOutcome::Enrolled(run))
+    add(args).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))
+}
+
+/// One new run's insert arguments (see [`add_run_args`]).
+fn run_args(run: &Run, lease_until: Option<i64>) -> Result<AnyArguments<'static>> {
+    let mut args = AnyArguments::default();
+    add_run_args(&mut args, run, lease_until)?;
+    Ok(args)
+}
+
+/// Ask, in one statement of `script`, what the enrollment rules need for
+/// each of `enrollments` (SQLite; a lane's enrollments, decided together by
+/// [`decide_enrollments`]): whether its workflow and contact exist in its
+/// tenant, whether its key was used, and the contact's earlier runs of the
+/// workflow. One statement for the lot, where [`enroll_if_present`] sends
+/// up to four per enrollment, one round trip each.
+pub(crate) fn ask_enrollment_rules(script: &mut Script<'_>, enrollments: &[&Enrollment]) -> Result<Option<Slot>> {
+    if enrollments.is_empty() {
+        return Ok(None);
+    }
+    let asked: Vec<(&str, &str, &str, &str, i64)> = enrollments
+        .iter()
+        .map(|e| (e.tenant_id.as_str(), e.workflow_id.as_str(), e.contact_id.as_str(), e.enrollment_key.as_str(), e.at))
+        .collect();
+    // Grouped by the enrollment (`j.key`, its index); the left join gives a
+    // contact without runs one row of NULLs, which the aggregates count as
+    // none.
+    let slot = script.push(
+        sqlx::query(
+            "SELECT CAST(j.key AS BIGINT) AS i, \
+             CAST(EXISTS (SELECT 1 FROM workflows AS w WHERE w.tenant_id = json_extract(j.value, '$[0]') \
+                 AND w.id = json_extract(j.value, '$[1]')) AS BIGINT) AS workflow_found, \
+             CAST(EXISTS (SELECT 1 FROM contacts AS c WHERE c.tenant_id = json_extract(j.value, '$[0]') \
+                 AND c.id = json_extract(j.value, '$[2]')) AS BIGINT) AS contact_found, \
+             CAST(EXISTS (SELECT 1 FROM workflow_runs AS k WHERE k.tenant_id = json_extract(j.value, '$[0]') \
+                 AND k.workflow_id = json_extract(j.value, '$[1]') \
+                 AND k.enrollment_key = json_extract(j.value, '$[3]')) AS BIGINT) AS key_used, \
+             COUNT(r.id) AS total, \
+             CAST(COALESCE(SUM(CASE WHEN r.status = 'waiting' THEN 1 ELSE 0 END), 0) AS BIGINT) AS waiting, \
+             MAX(r.enrolled_at) AS latest, \
+             CAST(COALESCE(SUM(CASE WHEN r.enrolled_at > json_extract(j.value, '$[4]') - $2 \
+                 AND r.enrolled_at <= json_extract(j.value, '$[4]') THEN 1 ELSE 0 END), 0) AS BIGINT) AS today \
+             FROM json_each($1) AS j \
+             LEFT JOIN workflow_runs AS r ON r.tenant_id = json_extract(j.value, '$[0]') \
+                 AND r.workflow_id = json_extract(j.value, '$[1]') AND r.contact_id = json_extract(j.value, '$[2]') \
+             GROUP BY j.key",
+        )
+        .bind(sql::to_json(&asked)?)
+        .bind(DAY_MS),
+    )?;
+    Ok(Some(slot))
+}
+
+/// Decide `enrollments` in order from what [`ask_enrollment_rules`]
+/// answered, as [`enroll_if_present`] would one after another: a later
+/// enrollment sees the runs the earlier ones start (the answer was read
+/// before any of them). The runs to insert go into `inserts`; an
+/// enrollment whose workflow or contact no longer exists is `None`.
+pub(crate) fn decide_enrollments(
+    answer: Answer,
+    enrollments: &[&Enrollment],
+    lease_until: Option<i64>,
+    inserts: &mut Script<'_>,
+) -> Result<Vec<Option<EnrollOutcome>>> {
+    let mut reads: Vec<Option<(bool, bool, RulesRead)>> = vec![None; enrollments.len()];
+    for row in &answer.rows {
+        let i = usize::try_from(row.try_get::<i64, _>("i")?).unwrap_or(usize::MAX);
+        let read =
+            (sql::get_bool(row, "workflow_found")?, sql::get_bool(row, "contact_found")?, RulesRead::from_row(row)?);
+        if let Some(slot) = reads.get_mut(i) {
+            *slot = Some(read);
+        }
+    }
+    type Pair<'a> = (&'a str, &'a str, &'a str);
+    // What this lane's own enrollments changed since the answer was read.
+    let mut in_flight: HashSet<Pair> = HashSet::new();
+    let mut keys: HashSet<Pair> = HashSet::new();
+    let mut started: HashMap<Pair, Vec<i64>> = HashMap::new();
+    let mut runs = Vec::new();
+    let mut out = Vec::with_capacity(enrollments.len());
+    for (e, read) in enrollments.iter().zip(reads) {
+        let Some((workflow_found, contact_found, read)) = read else {
+            return Err(StoreError::Corrupt("an enrollment's rules were not answered".into()));
+        };
+        if !workflow_found || !contact_found {
+            out.push(None);
+            continue;
+        }
+        if e.enrollment_key.is_empty() || e.enrollment_key.len() > MAX_ENROLLMENT_KEY {
+            return Err(StoreError::Invalid(format!("an enrollment key is 1 to {MAX_ENROLLMENT_KEY} bytes")));
+        }
+        let pair = (e.tenant_id.as_str(), e.workflow_id.as_str(), e.contact_id.as_str());
+        let key_used =
+            read.key_used || keys.contains(&(e.tenant_id.as_str(), e.workflow_id.as_str(), e.enrollment_key.as_str()));
+        if in_flight.contains(&pair) {
+            out.push(Some(if key_used { EnrollOutcome::Duplicate } else { EnrollOutcome::InFlight }));
+            continue;
+        }
+        let earlier = started.get(&pair).map(Vec::as_slice).unwrap_or_default();
+        let read = RulesRead {
+            key_used,
+            total: read.total + earlier.len() as i64,
+            waiting: read.waiting,
+            latest: earlier.iter().copied().chain(read.latest).max(),
+            today: read.today + earlier.iter().filter(|&&at| at > e.at - DAY_MS && at <= e.at).count() as i64,
+        };
+        let outcome = match refusal(e, &read) {
+            Some(refused) => refused,
+            None => {
+                let run = new_run(e);
+                keys.insert((e.tenant_id.as_str(), e.workflow_id.as_str(), e.enrollment_key.as_str()));
+                started.entry(pair).or_default().push(e.at);
+                runs.push(run.clone());
+                EnrollOutcome::Enrolled(run)
+            }
+        };
+        let waiting = match &outcome {
+            EnrollOutcome::InFlight => true,
+            EnrollOutcome::Enrolled(run) => run.status == WAITING,
+            _ => false,
+        };
+        if waiting {
+            in_flight.insert(pair);
+        }
+        out.push(Some(outcome));
+    }
+    for (start, len) in sql::pow2_chunks(runs.len(), MAX_ROWS_PER_INSERT) {
+        let mut p = Params::new(Backend::Sqlite);
+        let mut args = AnyArguments::default();
+        for run in &runs[start..start + len] {
+            add_run_args(&mut args, run, lease_until)?;
+        }
+        inserts.push_with(insert_runs_sql(&mut p, len), args);
+    }
+    Ok(out)
 }
 
 /// What a claim of due runs found
