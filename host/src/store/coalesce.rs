@@ -29,14 +29,12 @@
 //! and nothing is queued here.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sqlx::AnyConnection;
 use tokio::sync::oneshot;
 
+use crate::store::script::{Answers, Script};
 use crate::store::write_gate::Writer;
 use crate::store::{Result, Store, StoreError};
 
@@ -55,10 +53,23 @@ const MAX_GROUP: usize = 32;
 /// writes whose round trips waited for a thread, not group size.
 const TURN_BUDGET: Duration = Duration::from_millis(1);
 
-/// One write: statements run on the group's connection, inside its
-/// transaction. It must not commit or roll back.
-pub(crate) type Job<T> =
-    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>> + Send>;
+/// One write: a script run inside the group's transaction, and what its
+/// caller gets from the script's answers. Scripts, not code holding the
+/// connection, so that a write goes to SQLite's connection thread in one
+/// round trip, its savepoint and release (or the group's `BEGIN` and
+/// `COMMIT`, for a write alone) riding in it (see `script`).
+pub(crate) struct Job<T> {
+    script: Script<'static>,
+    /// Reads the caller's result from the answers; for a write alone it
+    /// runs after the commit, so it must only read, never fail the write.
+    read: Box<dyn FnOnce(Answers) -> Result<T> + Send>,
+}
+
+impl<T> Job<T> {
+    pub(crate) fn new(script: Script<'static>, read: impl FnOnce(Answers) -> Result<T> + Send + 'static) -> Job<T> {
+        Job { script, read: Box::new(read) }
+    }
+}
 
 /// The store's coalescers, one per kind of grouped write (SQLite only).
 #[derive(Debug, Default)]
@@ -164,7 +175,7 @@ impl<T: Send + 'static> Coalescer<T> {
     async fn write_group(&self, store: &Store, turn: super::WriteTurn, tenant: &str) {
         let Some(first) = self.next(tenant) else { return };
         let started = Instant::now();
-        let mut tx = match store.begin_write_in(turn).await {
+        let mut tx = match store.begin_script_in(turn).await {
             Ok(tx) => tx,
             // The writes queued behind would meet the same trouble, each
             // after its own wait (a busy timeout, say).
@@ -172,30 +183,27 @@ impl<T: Send + 'static> Coalescer<T> {
         };
         if self.lock().get(tenant).is_none_or(VecDeque::is_empty) {
             // A write alone needs no savepoint: the transaction is its own,
-            // and rolling it back is rolling the write back. Two statements
-            // fewer, each a round trip to the connection's thread inside the
-            // turn; in a steady load most groups are of one.
-            let result = (first.job)(&mut tx).await;
-            let result = match result {
-                Ok(value) => tx.commit().await.map(|()| value).map_err(|e| group_failed(&e.to_string())),
-                Err(e) => {
-                    // Dropping the transaction would roll it back too, later.
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            };
+            // and a failed statement rolls it back (dropped unfinished).
+            // `BEGIN`, its statements and `COMMIT` go in one round trip to
+            // the connection's thread; in a steady load most groups are of
+            // one.
+            let Job { script, read } = first.job;
+            let result = tx.commit_with(script).await.and_then(read);
             let _ = first.done.send(result);
             return;
         }
         let mut results = Vec::new();
         let mut next = Some(first);
         while let Some(pending) = next {
-            let result = in_savepoint(&mut tx, pending.job).await;
+            let Job { script, read } = pending.job;
+            // A failed write is rolled back to its savepoint and the
+            // transaction goes on; should that fail too, so does the commit.
+            let result = tx.run_in_savepoint(script).await.and_then(read);
             results.push((pending.done, result));
             let more = results.len() < MAX_GROUP && started.elapsed() < self.budget;
             next = if more { self.next(tenant) } else { None };
         }
-        if let Err(e) = tx.commit().await {
+        if let Err(e) = tx.commit_with(Script::new(store.backend())).await {
             let message = e.to_string();
             for (done, result) in results {
                 let _ = done.send(result.and(Err(group_failed(&message))));
@@ -227,17 +235,6 @@ impl<T: Send + 'static> Drop for Leading<T> {
     }
 }
 
-/// Run `job` in a savepoint: rolled back alone when it fails.
-async fn in_savepoint<T>(conn: &mut AnyConnection, job: Job<T>) -> Result<T> {
-    sqlx::query("SAVEPOINT coalesced").execute(&mut *conn).await?;
-    let result = job(conn).await;
-    if result.is_err() {
-        sqlx::query("ROLLBACK TO coalesced").execute(&mut *conn).await?;
-    }
-    sqlx::query("RELEASE coalesced").execute(&mut *conn).await?;
-    result
-}
-
 fn answer_all<T>(group: Vec<Pending<T>>, e: &StoreError) {
     let message = e.to_string();
     for p in group {
@@ -265,17 +262,10 @@ mod tests {
 
     /// A job that inserts `n` into the test table, or fails when `n` is 3.
     fn insert(n: i64) -> Job<()> {
-        Box::new(move |conn| {
-            Box::pin(async move {
-                let sql = if n == 3 {
-                    "INSERT INTO no_such_table VALUES ($1)"
-                } else {
-                    "INSERT INTO grouped (n) VALUES ($1)"
-                };
-                sqlx::query(sql).bind(n).execute(conn).await?;
-                Ok(())
-            })
-        })
+        let sql = if n == 3 { "INSERT INTO no_such_table VALUES ($1)" } else { "INSERT INTO grouped (n) VALUES ($1)" };
+        let mut script = Script::new(crate::store::Backend::Sqlite);
+        script.push(sqlx::query(sql).bind(n)).unwrap();
+        Job::new(script, |_| Ok(()))
     }
 
     /// A store on a new SQLite file, with the table [`insert`] writes to.

@@ -20,12 +20,13 @@
 //!   [`Store::get_invocation`] does.
 
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Arguments, Row};
 
 use crate::store::Store;
 use crate::store::coalesce::Job;
 use crate::store::error::{Result, StoreError};
+use crate::store::script::{Script, Slot};
 use crate::store::sql::{self, Arg, Builder, page_limit};
 
 /// Longest error message kept: a plugin controls this text and could
@@ -186,14 +187,14 @@ pub(crate) fn invocation_from_row(row: &AnyRow) -> Result<InvocationRecord> {
     })
 }
 
-/// Insert one record on `conn` (the caller's transaction, or a pooled
-/// connection under the write gate). An output larger than
+/// Add the insert of one record to `script`; with `of_run`, the record is
+/// kept only while that run of its tenant exists. An output larger than
 /// [`MAX_OUTPUT_JSON`] is dropped (the record says so in `error_message`
 /// when it has none); an input larger than [`MAX_INPUT_JSON`] is dropped and
 /// marked [`InputStatus::TooLarge`].
-pub(crate) async fn insert_invocation(conn: &mut AnyConnection, r: &InvocationRecord) -> Result<()> {
+pub(crate) fn push_invocation(script: &mut Script<'_>, r: &InvocationRecord, of_run: Option<&str>) -> Result<Slot> {
     let too_big = r.output_json.as_ref().is_some_and(|o| o.len() > MAX_OUTPUT_JSON);
-    let output = if too_big { None } else { r.output_json.as_deref() };
+    let output = if too_big { None } else { r.output_json.clone() };
     let message = match (&r.error_message, too_big) {
         (Some(m), _) => Some(cut(m, MAX_ERROR_MESSAGE)),
         (None, true) => Some("output not kept: larger than 64 KiB"),
@@ -202,32 +203,44 @@ pub(crate) async fn insert_invocation(conn: &mut AnyConnection, r: &InvocationRe
     let (input, input_status) = match r.input_json.as_deref() {
         None => (None, None),
         Some(i) if i.len() > MAX_INPUT_JSON => (None, Some(InputStatus::TooLarge)),
-        Some(i) => (Some(i), Some(InputStatus::Kept)),
+        Some(i) => (Some(i.to_owned()), Some(InputStatus::Kept)),
     };
-    sqlx::query(&format!(
-        "INSERT INTO invocations ({INVOCATION_COLUMNS}, input_json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    ))
-    .bind(&r.id)
-    .bind(&r.tenant_id)
-    .bind(&r.install_id)
-    .bind(&r.kind)
-    .bind(r.contact_id.as_deref())
-    .bind(r.event_id.as_deref())
-    .bind(i64::from(r.ok))
-    .bind(r.error_cause.as_deref())
-    .bind(message)
-    .bind(r.fuel_used)
-    .bind(r.duration_us)
-    .bind(r.idempotency_key.as_deref())
-    .bind(output)
-    .bind(r.at)
-    .bind(r.plugin_version_id.as_deref())
-    .bind(input_status.map(InputStatus::as_str))
-    .bind(input)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let mut args = AnyArguments::default();
+    let add = |args: &mut AnyArguments<'_>| -> std::result::Result<(), sqlx::error::BoxDynError> {
+        args.add(r.id.clone())?;
+        args.add(r.tenant_id.clone())?;
+        args.add(r.install_id.clone())?;
+        args.add(r.kind.clone())?;
+        args.add(r.contact_id.clone())?;
+        args.add(r.event_id.clone())?;
+        args.add(i64::from(r.ok))?;
+        args.add(r.error_cause.clone())?;
+        args.add(message.map(str::to_owned))?;
+        args.add(r.fuel_used)?;
+        args.add(r.duration_us)?;
+        args.add(r.idempotency_key.clone())?;
+        args.add(output)?;
+        args.add(r.at)?;
+        args.add(r.plugin_version_id.clone())?;
+        args.add(input_status.map(InputStatus::as_str))?;
+        args.add(input)?;
+        if let Some(run) = of_run {
+            args.add(run.to_owned())?;
+        }
+        Ok(())
+    };
+    add(&mut args).map_err(sqlx::Error::Encode)?;
+    let values = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
+    // A step's call is kept only while its run exists (see
+    // `Store::save_run_with_calls`).
+    let sql = match of_run {
+        None => format!("INSERT INTO invocations ({INVOCATION_COLUMNS}, input_json) VALUES ({values})"),
+        Some(_) => format!(
+            "INSERT INTO invocations ({INVOCATION_COLUMNS}, input_json) SELECT {values} \
+             WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE tenant_id = $2 AND id = $18)"
+        ),
+    };
+    Ok(script.push_with(sql, args))
 }
 
 impl Store {
@@ -239,13 +252,14 @@ impl Store {
     /// calls failing at their deadline) share one write turn
     /// (`store::coalesce`).
     pub async fn record_invocation(&self, r: &InvocationRecord) -> Result<()> {
+        let mut script = Script::new(self.backend);
+        push_invocation(&mut script, r, None)?;
         let Some(groups) = &self.groups else {
             let mut conn = self.pool.acquire().await?;
-            return insert_invocation(&mut conn, r).await;
+            script.run(&mut conn).await?;
+            return Ok(());
         };
-        let record = r.clone();
-        let job: Job<()> = Box::new(move |conn| Box::pin(async move { insert_invocation(conn, &record).await }));
-        groups.invocations.write(self, &r.tenant_id, job).await
+        groups.invocations.write(self, &r.tenant_id, Job::new(script, |_| Ok(()))).await
     }
 
     /// Invocation `id` of `tenant`, with its input when one is kept. `None`

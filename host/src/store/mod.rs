@@ -346,33 +346,15 @@ pub(crate) fn is_lock_timeout(e: &sqlx::Error) -> bool {
 }
 
 impl WriteTx {
-    /// Commit.
+    /// Commit, then give the turn up. (Dropped unfinished, a transaction
+    /// is rolled back before the next writer's.)
     pub(crate) async fn commit(self) -> Result<()> {
-        self.end(true).await
-    }
-
-    /// Roll back before the turn is given up. (Dropping the transaction
-    /// also rolls it back, but only once its connection is next used: the
-    /// next writer's `BEGIN IMMEDIATE` could find the write lock still
-    /// held.)
-    pub(crate) async fn rollback(self) -> Result<()> {
-        self.end(false).await
-    }
-
-    /// Commit or roll back, then give the turn up.
-    async fn end(self, commit: bool) -> Result<()> {
         let WriteTx { tx, _turn: turn } = self;
         match tx {
-            Tx::Pooled(tx) if commit => tx.commit().await?,
-            Tx::Pooled(tx) => tx.rollback().await?,
+            Tx::Pooled(tx) => tx.commit().await?,
             Tx::Held(mut tx) => {
-                let ended = if commit {
-                    AnyTransactionManager::commit(&mut tx.conn).await
-                } else {
-                    AnyTransactionManager::rollback(&mut tx.conn).await
-                };
                 // One that failed is still open: dropping `tx` rolls it back.
-                ended?;
+                AnyTransactionManager::commit(&mut tx.conn).await?;
                 tx.open = false;
             }
         }
@@ -454,11 +436,22 @@ impl Drop for RawHeld {
         // waits for it (`Store::write_gate_for` locks the connection).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = conn.execute("ROLLBACK").await {
+                if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
                     tracing::debug!("rolling back an unfinished SQLite write: {e}");
                 }
             });
         }
+    }
+}
+
+/// `BEGIN IMMEDIATE` when the raw transaction in `state` is not begun yet
+/// (it is, once this is sent).
+fn begin_if(state: &mut RawTx) -> &'static [&'static str] {
+    if *state == RawTx::NotBegun {
+        *state = RawTx::Open;
+        &["BEGIN IMMEDIATE"]
+    } else {
+        &[]
     }
 }
 
@@ -468,11 +461,8 @@ impl ScriptTx {
         match &mut self.tx {
             ScriptConn::Pooled(tx) => script.run(tx).await,
             ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
-                let begin = *state == RawTx::NotBegun;
-                if begin {
-                    *state = RawTx::Open;
-                }
-                let answered = script.run_framed(conn, begin, false).await;
+                let begin = begin_if(state);
+                let answered = script.run_between(conn, begin, &[]).await;
                 self.turn.check(answered)
             }
             ScriptConn::Held(RawHeld { conn: None, .. }) => Err(sqlx::Error::PoolClosed.into()),
@@ -487,13 +477,36 @@ impl ScriptTx {
             ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
                 if *state == RawTx::NotBegun {
                     *state = RawTx::Open;
-                    let begun = conn.execute("BEGIN IMMEDIATE").await;
+                    let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut **conn).await;
                     self.turn.check(begun)?;
                 }
                 Ok(&mut **conn)
             }
             ScriptConn::Held(RawHeld { conn: None, .. }) => Err(sqlx::Error::PoolClosed.into()),
         }
+    }
+
+    /// Run `script` in a savepoint of its own: when one of its statements
+    /// fails, what the others wrote is rolled back and the transaction goes
+    /// on (one round trip on a SQLite file, one more when it fails).
+    pub(crate) async fn run_in_savepoint(&mut self, script: script::Script<'_>) -> Result<script::Answers> {
+        const SAVEPOINT: &str = "SAVEPOINT script";
+        const RELEASE: &str = "RELEASE script";
+        let result = match &mut self.tx {
+            ScriptConn::Pooled(tx) => script.run_between(tx, &[SAVEPOINT], &[RELEASE]).await,
+            ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
+                let before: Vec<&str> = begin_if(state).iter().copied().chain([SAVEPOINT]).collect();
+                script.run_between(conn, &before, &[RELEASE]).await
+            }
+            ScriptConn::Held(RawHeld { conn: None, .. }) => return Err(sqlx::Error::PoolClosed.into()),
+        };
+        let result = self.turn.check(result);
+        if result.is_err() {
+            let conn = self.conn().await?;
+            sqlx::query("ROLLBACK TO script").execute(&mut *conn).await?;
+            sqlx::query(RELEASE).execute(&mut *conn).await?;
+        }
+        result
     }
 
     /// Run `script` and commit, in one round trip on a SQLite file.
@@ -505,9 +518,8 @@ impl ScriptTx {
                     *state = RawTx::Ended;
                     return Ok(script::Answers::default());
                 }
-                let begin = *state == RawTx::NotBegun;
-                *state = RawTx::Open;
-                let answered = script.run_framed(conn, begin, true).await;
+                let begin = begin_if(state);
+                let answered = script.run_between(conn, begin, &["COMMIT"]).await;
                 let answers = self.turn.check(answered)?;
                 *state = RawTx::Ended;
                 answers
@@ -731,20 +743,22 @@ impl Store {
         writer: Writer<'a>,
     ) -> impl std::future::Future<Output = Result<ScriptTx>> + Send + 'a {
         let turn = self.write_gate_for(writer);
-        async move {
-            let mut turn = turn.await?;
-            let tx = match (self.backend, turn.conn.take()) {
-                (Backend::Sqlite, Some(TurnConn::Held(conn))) => {
-                    ScriptConn::Held(RawHeld { conn: Some(conn), state: RawTx::NotBegun })
-                }
-                (Backend::Sqlite, _) => {
-                    let begun = self.pool.begin_with("BEGIN IMMEDIATE").await;
-                    ScriptConn::Pooled(turn.check(begun)?)
-                }
-                (Backend::Postgres, _) => ScriptConn::Pooled(self.pool.begin().await?),
-            };
-            Ok(ScriptTx { tx, turn })
-        }
+        async move { self.begin_script_in(turn.await?).await }
+    }
+
+    /// [`Store::begin_script_for`] in a turn already taken.
+    pub(crate) async fn begin_script_in(&self, mut turn: WriteTurn) -> Result<ScriptTx> {
+        let tx = match (self.backend, turn.conn.take()) {
+            (Backend::Sqlite, Some(TurnConn::Held(conn))) => {
+                ScriptConn::Held(RawHeld { conn: Some(conn), state: RawTx::NotBegun })
+            }
+            (Backend::Sqlite, _) => {
+                let begun = self.pool.begin_with("BEGIN IMMEDIATE").await;
+                ScriptConn::Pooled(turn.check(begun)?)
+            }
+            (Backend::Postgres, _) => ScriptConn::Pooled(self.pool.begin().await?),
+        };
+        Ok(ScriptTx { tx, turn })
     }
 
     /// Wait for this process's turn to write, for no one tenant (see
@@ -985,10 +999,10 @@ mod writer_tests {
         drop(turn);
         let mut tx = store.begin_write().await.unwrap();
         sqlx::query("INSERT INTO kept VALUES (3)").execute(&mut *tx).await.unwrap();
-        tx.rollback().await.unwrap();
+        drop(tx);
 
         let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM kept ORDER BY x").fetch_all(store.pool()).await.unwrap();
-        assert_eq!(rows, [2], "the dropped and the rolled-back writes left nothing; the one between them stayed");
+        assert_eq!(rows, [2], "the dropped writes left nothing; the one between them stayed");
     }
 
     /// A [`ScriptTx`] begins and ends its transaction itself, inside its

@@ -36,7 +36,7 @@ use sqlx::{AnyConnection, Arguments, Row};
 
 use crate::store::coalesce::Job;
 use crate::store::error::{Result, StoreError};
-use crate::store::invocations::{InvocationRecord, insert_invocation};
+use crate::store::invocations::{InvocationRecord, push_invocation};
 use crate::store::script::{Answer, Script, Slot};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, MAX_PAGE, MAX_ROWS_PER_INSERT, Params, page_limit};
 use crate::store::{Backend, Page, Store, Writer, new_id, now_ms};
@@ -937,18 +937,14 @@ impl Store {
         }
         let error = bounded_json(p.error.as_ref())?;
         let lease_until = (hold && p.status == WAITING).then(|| now_ms() + self.claim_lease_ms());
+        let mut script = Script::new(self.backend);
+        let saved = push_run_save(&mut script, p, error, lease_until, steps, calls)?;
         let Some(groups) = &self.groups else {
-            let mut tx = self.begin_write_for(Writer::Tenant(&p.tenant_id)).await?;
-            let saved = save_run_statements(&mut tx, p, error, lease_until, steps, calls).await?;
-            tx.commit().await?;
-            return Ok(saved);
+            let tx = self.begin_script_for(Writer::Tenant(&p.tenant_id)).await?;
+            return Ok(tx.commit_with(script).await?.take(saved).rows_affected > 0);
         };
-        let (p, steps, calls) = (p.clone(), steps.to_vec(), calls.to_vec());
-        let tenant = p.tenant_id.clone();
-        let job: Job<bool> = Box::new(move |conn| {
-            Box::pin(async move { save_run_statements(conn, &p, error, lease_until, &steps, &calls).await })
-        });
-        groups.run_saves.write(self, &tenant, job).await
+        let job = Job::new(script, move |mut answers| Ok(answers.take(saved).rows_affected > 0));
+        groups.run_saves.write(self, &p.tenant_id, job).await
     }
 
     /// Run `id` of `tenant` with its step records, in the order they began.
@@ -1098,78 +1094,80 @@ impl Store {
     }
 }
 
-/// The statements of a run save (see [`Store::save_run_progress`]), on
-/// `conn` inside the caller's transaction; `error` is the run's error,
-/// bounded; the run's lease becomes `lease_until` (`None` releases it).
-async fn save_run_statements(
-    conn: &mut AnyConnection,
+/// The statements of a run save (see [`Store::save_run_progress`]), added
+/// to `script`: the run's new state, its step records and the calls they
+/// made; `error` is the run's error, bounded; the run's lease becomes
+/// `lease_until` (`None` releases it). Returns the slot of the run's
+/// update, which changed no row when the run no longer exists: then the
+/// steps and calls are not recorded either (they take the run's workflow
+/// and contact from its row, and the calls ask for it).
+fn push_run_save(
+    script: &mut Script<'_>,
     p: &RunProgress,
     error: Option<String>,
     lease_until: Option<i64>,
     steps: &[RunStep],
     calls: &[InvocationRecord],
-) -> Result<bool> {
+) -> Result<Slot> {
     let waiting = p.status == WAITING;
     let finished_at = (!waiting).then_some(p.at);
     let wake_at = if waiting { p.wake_at.or(Some(p.at)) } else { None };
-    let row = sqlx::query(
-        "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
-         state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = $13 \
-         WHERE tenant_id = $1 AND id = $2 RETURNING workflow_id, contact_id",
-    )
-    .bind(&p.tenant_id)
-    .bind(&p.run_id)
-    .bind(&p.status)
-    .bind(p.cursor.as_deref())
-    .bind(wake_at)
-    .bind(p.attempts)
-    .bind(sql::to_json(&p.variants)?)
-    .bind(sql::to_json(&p.state)?)
-    .bind(error)
-    .bind(p.exit_reason.as_deref())
-    .bind(p.at)
-    .bind(finished_at)
-    .bind(lease_until)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else { return Ok(false) };
-    // The run's own workflow and contact, not the records' say: the
-    // timeline finds steps by tenant and contact.
-    let workflow_id: String = row.try_get("workflow_id")?;
-    let contact_id: String = row.try_get("contact_id")?;
+    let saved = script.push(
+        sqlx::query(
+            "UPDATE workflow_runs SET status = $3, cursor = $4, wake_at = $5, attempts = $6, variants = $7, \
+             state = $8, error = $9, exit_reason = $10, updated_at = $11, finished_at = $12, lease_until = $13 \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(p.tenant_id.clone())
+        .bind(p.run_id.clone())
+        .bind(p.status.clone())
+        .bind(p.cursor.clone())
+        .bind(wake_at)
+        .bind(p.attempts)
+        .bind(sql::to_json(&p.variants)?)
+        .bind(sql::to_json(&p.state)?)
+        .bind(error)
+        .bind(p.exit_reason.clone())
+        .bind(p.at)
+        .bind(finished_at)
+        .bind(lease_until),
+    )?;
     for s in steps {
-        sqlx::query(&format!(
-            "INSERT INTO run_steps (tenant_id, {RUN_STEP_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-             ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
-             attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
-             error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
-             fuel_used = excluded.fuel_used, invocation_id = excluded.invocation_id"
-        ))
-        .bind(&p.tenant_id)
-        .bind(&s.id)
-        .bind(&p.run_id)
-        .bind(&workflow_id)
-        .bind(&contact_id)
-        .bind(&s.step_id)
-        .bind(&s.kind)
-        .bind(&s.status)
-        .bind(s.attempts)
-        .bind(bounded_json(s.input.as_ref())?)
-        .bind(bounded_json(s.output.as_ref())?)
-        .bind(bounded_json(s.error.as_ref())?)
-        .bind(s.started_at)
-        .bind(s.finished_at)
-        .bind(s.duration_us)
-        .bind(s.fuel_used)
-        .bind(s.invocation_id.as_deref())
-        .execute(&mut *conn)
-        .await?;
+        // The run's own workflow and contact, not the records' say: the
+        // timeline finds steps by tenant and contact. (The `WHERE` also
+        // keeps SQLite from reading `ON CONFLICT` as a join's `ON`.)
+        script.push(
+            sqlx::query(
+                "INSERT INTO run_steps (tenant_id, id, run_id, workflow_id, contact_id, step_id, kind, status, \
+                 attempts, input, output, error, started_at, finished_at, duration_us, fuel_used, invocation_id) \
+                 SELECT $1, $2, $3, r.workflow_id, r.contact_id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+                 FROM workflow_runs AS r WHERE r.tenant_id = $1 AND r.id = $3 \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+                 attempts = excluded.attempts, input = excluded.input, output = excluded.output, \
+                 error = excluded.error, finished_at = excluded.finished_at, duration_us = excluded.duration_us, \
+                 fuel_used = excluded.fuel_used, invocation_id = excluded.invocation_id",
+            )
+            .bind(p.tenant_id.clone())
+            .bind(s.id.clone())
+            .bind(p.run_id.clone())
+            .bind(s.step_id.clone())
+            .bind(s.kind.clone())
+            .bind(s.status.clone())
+            .bind(s.attempts)
+            .bind(bounded_json(s.input.as_ref())?)
+            .bind(bounded_json(s.output.as_ref())?)
+            .bind(bounded_json(s.error.as_ref())?)
+            .bind(s.started_at)
+            .bind(s.finished_at)
+            .bind(s.duration_us)
+            .bind(s.fuel_used)
+            .bind(s.invocation_id.clone()),
+        )?;
     }
     for c in calls {
-        insert_invocation(conn, c).await?;
+        push_invocation(script, c, Some(&p.run_id))?;
     }
-    Ok(true)
+    Ok(saved)
 }
 
 #[cfg(test)]

@@ -77,50 +77,52 @@ impl<'q> Script<'q> {
     /// Run the statements in order; one [`Answer`] per statement, indexed
     /// by the [`Slot`]s [`Script::push`] gave.
     pub async fn run(self, conn: &mut AnyConnection) -> Result<Answers> {
-        self.run_framed(conn, false, false).await
+        self.run_between(conn, &[], &[]).await
     }
 
-    /// [`Script::run`], on SQLite with `BEGIN IMMEDIATE` before the
-    /// statements when `begin` and `COMMIT` after them when `commit`, in
-    /// the same round trip (see `ScriptTx`). Not for PostgreSQL, whose
-    /// transactions sqlx begins and ends.
-    pub(crate) async fn run_framed(self, conn: &mut AnyConnection, begin: bool, commit: bool) -> Result<Answers> {
+    /// [`Script::run`] between statements of no arguments and no answer
+    /// (`BEGIN IMMEDIATE` and `COMMIT`, a savepoint and its release), sent
+    /// in the same round trip on SQLite (see `ScriptTx`); only the script's
+    /// own statements answer. On PostgreSQL each is a statement of its own.
+    pub(crate) async fn run_between(
+        self,
+        conn: &mut AnyConnection,
+        before: &[&str],
+        after: &[&str],
+    ) -> Result<Answers> {
         let expected = self.statements.len();
         let answers = match self.backend {
-            Backend::Sqlite if expected > 0 || begin || commit => {
-                let (mut sql, args) = self.joined()?;
-                if begin {
-                    sql =
-                        if sql.is_empty() { "BEGIN IMMEDIATE".to_owned() } else { format!("BEGIN IMMEDIATE;\n{sql}") };
-                }
-                if commit {
-                    sql.push_str(if sql.is_empty() { "COMMIT" } else { ";\nCOMMIT" });
-                }
-                let mut answers = collect(conn.fetch_many(sqlx::query_with(&sql, args))).await?;
-                let framing = usize::from(begin) + usize::from(commit);
-                if answers.len() != expected + framing {
+            Backend::Sqlite if expected + before.len() + after.len() > 0 => {
+                let (body, args) = self.joined()?;
+                let sql: Vec<&str> = before
+                    .iter()
+                    .copied()
+                    .chain(Some(body.as_str()).filter(|b| !b.is_empty()))
+                    .chain(after.iter().copied())
+                    .collect();
+                let mut answers = collect(conn.fetch_many(sqlx::query_with(&sql.join(";\n"), args))).await?;
+                let framed = expected + before.len() + after.len();
+                if answers.len() != framed {
                     return Err(StoreError::Corrupt(format!(
-                        "a script of {} statements answered for {}",
-                        expected + framing,
+                        "a script of {framed} statements answered for {}",
                         answers.len()
                     )));
                 }
-                if commit {
-                    answers.pop();
-                }
-                if begin {
-                    answers.remove(0);
-                }
+                answers.truncate(answers.len() - after.len());
+                answers.drain(..before.len());
                 answers
             }
             Backend::Sqlite => Vec::new(),
             Backend::Postgres => {
-                if begin || commit {
-                    return Err(StoreError::Invalid("a PostgreSQL script cannot begin or commit".into()));
+                for statement in before {
+                    sqlx::query(statement).execute(&mut *conn).await?;
                 }
                 let mut answers = Vec::with_capacity(expected);
                 for (sql, args) in self.statements {
                     answers.extend(collect(conn.fetch_many(sqlx::query_with(&sql, args))).await?);
+                }
+                for statement in after {
+                    sqlx::query(statement).execute(&mut *conn).await?;
                 }
                 if answers.len() != expected {
                     return Err(StoreError::Corrupt(format!(
@@ -170,8 +172,8 @@ impl Answers {
 
 /// Read a `fetch_many` stream into one answer per statement: its rows come
 /// first, then its "done".
-async fn collect<'e>(
-    mut stream: impl futures_util::Stream<Item = sqlx::Result<Either<sqlx::any::AnyQueryResult, AnyRow>>> + Unpin + 'e,
+async fn collect(
+    mut stream: futures_util::stream::BoxStream<'_, sqlx::Result<Either<sqlx::any::AnyQueryResult, AnyRow>>>,
 ) -> Result<Vec<Answer>> {
     let mut answers = Vec::new();
     let mut current = Answer::default();
