@@ -67,7 +67,9 @@ use crate::registry::{ActiveInstall, Registry, TenantInstalls};
 use crate::runtime::invoke::ProjectedInput;
 use crate::runtime::recorded::RecordedCall;
 use crate::runtime::{CallError, CallScope};
-use crate::store::{self, Backend, ContactUpdate, EnrollOutcome, Event, StageChange, Store, StoreError, Value};
+use crate::store::{
+    self, Backend, ContactUpdate, EnrollOutcome, Event, History, StageChange, Store, StoreError, Value,
+};
 
 /// Events one lane claims (one tenant's batch).
 const BATCH: i64 = 1024;
@@ -456,15 +458,15 @@ impl Pipeline {
     ) -> Result<Vec<ContactUpdate>, StoreError> {
         let started = std::time::Instant::now();
         let contact_ids: Vec<String> = by_contact.keys().cloned().collect();
-        let mut contacts = self.store.get_contacts(tenant, &contact_ids).await?;
         let installs = self.registry.tenant(tenant);
-        let mut histories = match history_query(installs.scorers.iter().chain(&installs.triggers)) {
-            Some((days, kinds, max)) => {
-                let since = self.clock.now() - i64::from(days) * 86_400_000;
-                self.store.recent_events_for(tenant, &contact_ids, &kinds, since, i64::from(max)).await?
-            }
-            None => Default::default(),
-        };
+        // The contacts and the history the installs declared, in one read.
+        let wanted = history_query(installs.scorers.iter().chain(&installs.triggers));
+        let history = wanted.as_ref().map(|(days, kinds, max)| History {
+            kinds,
+            since: self.clock.now() - i64::from(*days) * 86_400_000,
+            limit_each: i64::from(*max),
+        });
+        let (mut contacts, mut histories) = self.store.lane_reads(tenant, &contact_ids, history).await?;
         let automation = self.automation.get(tenant).await?;
         tracing::debug!(contacts = contact_ids.len(), read_us = started.elapsed().as_micros() as u64, "pipeline reads");
         let mut tasks = JoinSet::new();

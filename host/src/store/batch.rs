@@ -16,7 +16,7 @@ use sqlx::{Arguments, Row};
 use crate::store::contacts::{MAX_REASONS, contact_select, contact_with_tags_from_row};
 use crate::store::error::{Result, StoreError};
 use crate::store::events::insert_system_event;
-use crate::store::script::Script;
+use crate::store::script::{Answers, Script, Slot};
 use crate::store::sql::{self, Arg, Builder, MAX_IN_LIST, Params};
 use crate::store::{Backend, Contact, EnrollOutcome, Enrollment, Event, Properties, Store, Writer, new_id};
 
@@ -65,25 +65,7 @@ impl Store {
     /// The contacts of `tenant` among `ids` (with tags), by id; ids of other
     /// tenants or deleted contacts are simply absent.
     pub async fn get_contacts(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, Contact>> {
-        let mut found = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_IN_LIST) {
-            let mut p = Params::new(self.backend);
-            let sql = format!(
-                "SELECT {} FROM contacts WHERE tenant_id = {} AND id IN ({})",
-                contact_select(self.backend, "contacts"),
-                p.one(),
-                p.list(chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(tenant);
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                let contact = contact_with_tags_from_row(&row)?;
-                found.insert(contact.id.clone(), contact);
-            }
-        }
-        Ok(found)
+        Ok(self.lane_reads(tenant, ids, None).await?.0)
     }
 
     /// For each contact of `tenant` among `contact_ids`: its events at or
@@ -97,9 +79,73 @@ impl Store {
         since: i64,
         limit_each: i64,
     ) -> Result<HashMap<String, Vec<Event>>> {
-        let mut out: HashMap<String, Vec<Event>> = HashMap::new();
-        if limit_each <= 0 {
-            return Ok(out);
+        let history = History { kinds, since, limit_each };
+        let mut script = Script::new(self.backend);
+        let asked = self.ask_recent_events(&mut script, tenant, contact_ids, &history)?;
+        let mut answers = script.run(&mut *self.pool.acquire().await?).await?;
+        read_recent_events(&mut answers, asked)
+    }
+
+    /// What a pipeline lane reads before it handles its contacts: the
+    /// contacts of `tenant` among `ids` ([`Store::get_contacts`]) and, when
+    /// asked, their recent events ([`Store::recent_events_for`]), in one
+    /// round trip to a read connection's thread on SQLite.
+    pub async fn lane_reads(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        history: Option<History<'_>>,
+    ) -> Result<(HashMap<String, Contact>, HashMap<String, Vec<Event>>)> {
+        let mut script = Script::new(self.backend);
+        let mut contact_slots = Vec::new();
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let mut p = Params::new(self.backend);
+            let sql = format!(
+                "SELECT {} FROM contacts WHERE tenant_id = {} AND id IN ({})",
+                contact_select(self.backend, "contacts"),
+                p.one(),
+                p.list(chunk.len())
+            );
+            let mut args = AnyArguments::default();
+            args.add(tenant.to_owned()).map_err(sqlx::Error::Encode)?;
+            for id in chunk {
+                args.add(id.clone()).map_err(sqlx::Error::Encode)?;
+            }
+            contact_slots.push(script.push_with(sql, args));
+        }
+        let events = match &history {
+            Some(history) => Some(self.ask_recent_events(&mut script, tenant, ids, history)?),
+            None => None,
+        };
+        if script.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut answers = script.run(&mut *self.pool.acquire().await?).await?;
+        let mut found = HashMap::with_capacity(ids.len());
+        for slot in contact_slots {
+            for row in answers.take(slot).rows {
+                let contact = contact_with_tags_from_row(&row)?;
+                found.insert(contact.id.clone(), contact);
+            }
+        }
+        let histories = match events {
+            Some(asked) => read_recent_events(&mut answers, asked)?,
+            None => HashMap::new(),
+        };
+        Ok((found, histories))
+    }
+
+    /// Ask in `script` for [`Store::recent_events_for`]'s answer.
+    fn ask_recent_events<'q>(
+        &self,
+        script: &mut Script<'q>,
+        tenant: &'q str,
+        contact_ids: &'q [String],
+        history: &History<'q>,
+    ) -> Result<Vec<Slot>> {
+        let mut slots = Vec::new();
+        if history.limit_each <= 0 {
+            return Ok(slots);
         }
         // One row per contact with its events as a JSON array: every row
         // that crosses from the database driver costs more than decoding
@@ -124,36 +170,17 @@ impl Store {
             b.push(&p);
             let ids: Vec<String> = chunk.iter().map(|id| b.arg(Arg::Text(id))).collect();
             b.push(&format!(" AND contact_id IN ({})", ids.join(", ")));
-            b.push_arg(" AND occurred_at >= ", Arg::Int(since));
-            if !kinds.is_empty() {
-                let list: Vec<String> = kinds.iter().take(MAX_IN_LIST).map(|k| b.arg(Arg::Text(k))).collect();
+            b.push_arg(" AND occurred_at >= ", Arg::Int(history.since));
+            if !history.kinds.is_empty() {
+                let list: Vec<String> = history.kinds.iter().take(MAX_IN_LIST).map(|k| b.arg(Arg::Text(k))).collect();
                 b.push(&format!(" AND kind IN ({})", list.join(", ")));
             }
-            b.push_arg(") ranked WHERE rn <= ", Arg::Int(limit_each));
+            b.push_arg(") ranked WHERE rn <= ", Arg::Int(history.limit_each));
             b.push(" GROUP BY contact_id");
-            for row in b.query().fetch_all(&self.pool).await? {
-                let contact_id: String = row.try_get("contact_id")?;
-                let json: String = row.try_get("evs")?;
-                let parsed: Vec<AggregatedEvent> =
-                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("events: {e}")))?;
-                let mut events: Vec<Event> = parsed
-                    .into_iter()
-                    .map(|a| Event {
-                        id: a.id,
-                        contact_id: contact_id.clone(),
-                        kind: a.kind,
-                        occurred_at: a.occurred_at,
-                        properties: a.properties,
-                        received_at: a.received_at,
-                        processed: true,
-                    })
-                    .collect();
-                // Aggregate order is not guaranteed: restore newest first.
-                events.sort_by(|x, y| (y.occurred_at, &y.id).cmp(&(x.occurred_at, &x.id)));
-                out.insert(contact_id, events);
-            }
+            let (sql, args) = b.into_statement()?;
+            slots.push(script.push_with(sql, args));
         }
-        Ok(out)
+        Ok(slots)
     }
 
     /// Apply a batch's contact updates and mark its events processed, in one
@@ -317,6 +344,48 @@ impl Store {
         tx.commit_with(last).await?;
         Ok(enrollments.into_iter().cloned().zip(outcomes).collect())
     }
+}
+
+/// Which recent events [`Store::lane_reads`] reads with the contacts:
+/// since `since`, of `kinds` (every kind when empty), at most `limit_each`
+/// per contact, newest first.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    /// The kinds; empty for every kind.
+    pub kinds: &'a [String],
+    /// Epoch ms: events that occurred at or after it.
+    pub since: i64,
+    /// Most events per contact.
+    pub limit_each: i64,
+}
+
+/// The events [`Store::ask_recent_events`] asked for, by contact.
+fn read_recent_events(answers: &mut Answers, slots: Vec<Slot>) -> Result<HashMap<String, Vec<Event>>> {
+    let mut out: HashMap<String, Vec<Event>> = HashMap::new();
+    for slot in slots {
+        for row in answers.take(slot).rows {
+            let contact_id: String = row.try_get("contact_id")?;
+            let json: String = row.try_get("evs")?;
+            let parsed: Vec<AggregatedEvent> =
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("events: {e}")))?;
+            let mut events: Vec<Event> = parsed
+                .into_iter()
+                .map(|a| Event {
+                    id: a.id,
+                    contact_id: contact_id.clone(),
+                    kind: a.kind,
+                    occurred_at: a.occurred_at,
+                    properties: a.properties,
+                    received_at: a.received_at,
+                    processed: true,
+                })
+                .collect();
+            // Aggregate order is not guaranteed: restore newest first.
+            events.sort_by(|x, y| (y.occurred_at, &y.id).cmp(&(x.occurred_at, &x.id)));
+            out.insert(contact_id, events);
+        }
+    }
+    Ok(out)
 }
 
 /// Fewer of `chunk`'s events were marked processed than claimed (`marked`):

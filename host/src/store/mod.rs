@@ -89,7 +89,7 @@ use write_gate::WriteGate;
 pub(crate) use write_gate::Writer;
 
 pub use automation::LifecycleThreshold;
-pub use batch::{ContactUpdate, StageChange};
+pub use batch::{ContactUpdate, History, StageChange};
 pub use contacts::{Contact, ContactFilter, ContactPatch, DEFAULT_STAGE, MAX_TAG, MAX_TAGS, NewContact, ScoreChange};
 pub use crm::{
     Company, CompanyPatch, DEFAULT_DEAL_STAGE, Deal, DealFilter, DealPatch, MAX_NOTE, NewCompany, NewDeal, NewTask,

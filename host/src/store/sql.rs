@@ -11,7 +11,7 @@
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, Row};
+use sqlx::{Any, Arguments, Row};
 
 use crate::store::Backend;
 use crate::store::error::{Result, StoreError};
@@ -111,6 +111,19 @@ impl<'a> Builder<'a> {
 
     pub fn push(&mut self, text: &str) {
         self.sql.push_str(text);
+    }
+
+    /// The text and its arguments, for a `script::Script`.
+    pub fn into_statement(self) -> Result<(String, AnyArguments<'a>)> {
+        let mut args = AnyArguments::default();
+        for a in self.args {
+            match a {
+                Arg::Text(s) => args.add(s),
+                Arg::Int(i) => args.add(i),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+        Ok((self.sql, args))
     }
 
     /// The query, arguments bound in order.
