@@ -43,9 +43,10 @@ const MAX_GROUP: usize = 32;
 
 /// How long a group's turn goes on taking writes: a turn is what every
 /// other tenant's write waits behind, whatever is in it. Each grouped write
-/// is a savepoint and a run save's few statements, each a round trip to
-/// SQLite's connection thread (~50–100 µs on the 2-core VM), so a group of
-/// a burst's writes holds the writer for milliseconds. Traced in `cairn
+/// is a round trip to SQLite's connection thread (its savepoint, statements
+/// and release in one script; ~50–100 µs on the 2-core VM, more before
+/// scripts, when each statement was one), so a group of a burst's writes
+/// can still hold the writer for milliseconds. Traced in `cairn
 /// bench --noisy-only --quick` (`RUST_LOG=cairn::store=trace`, one run
 /// each): tenant A's grouped turns 10.2 ms at the 99th percentile (18 ms
 /// at most) without this cap, 5.1 ms (14 ms) with it; tenant B's own turns

@@ -510,28 +510,27 @@ impl ScriptTx {
     }
 
     /// Run `script` and commit, in one round trip on a SQLite file.
-    pub(crate) async fn commit_with(mut self, script: script::Script<'_>) -> Result<script::Answers> {
-        let answers = match &mut self.tx {
-            ScriptConn::Pooled(tx) => script.run(tx).await?,
-            ScriptConn::Held(RawHeld { conn: Some(conn), state }) => {
-                if *state == RawTx::NotBegun && script.is_empty() {
-                    *state = RawTx::Ended;
+    pub(crate) async fn commit_with(self, script: script::Script<'_>) -> Result<script::Answers> {
+        let ScriptTx { tx, turn } = self;
+        match tx {
+            ScriptConn::Pooled(mut tx) => {
+                let answers = script.run(&mut tx).await?;
+                tx.commit().await?;
+                Ok(answers)
+            }
+            ScriptConn::Held(mut raw) => {
+                let Some(conn) = raw.conn.as_mut() else { return Err(sqlx::Error::PoolClosed.into()) };
+                if raw.state == RawTx::NotBegun && script.is_empty() {
+                    raw.state = RawTx::Ended;
                     return Ok(script::Answers::default());
                 }
-                let begin = begin_if(state);
+                let begin = begin_if(&mut raw.state);
                 let answered = script.run_between(conn, begin, &["COMMIT"]).await;
-                let answers = self.turn.check(answered)?;
-                *state = RawTx::Ended;
-                answers
+                let answers = turn.check(answered)?;
+                raw.state = RawTx::Ended;
+                Ok(answers)
             }
-            ScriptConn::Held(RawHeld { conn: None, .. }) => return Err(sqlx::Error::PoolClosed.into()),
-        };
-        if let ScriptConn::Pooled(tx) =
-            std::mem::replace(&mut self.tx, ScriptConn::Held(RawHeld { conn: None, state: RawTx::Ended }))
-        {
-            tx.commit().await?;
         }
-        Ok(answers)
     }
 }
 
